@@ -1,0 +1,72 @@
+"""MTSL as an `Algorithm`: builds the split model, optimizers and step from a config."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax.algorithms.base import Algorithm
+
+
+def task_weights(scheme: str, train_counts_M: np.ndarray) -> np.ndarray:
+  """w_m of the objective: 'uniform' (1/M) or 'data_size' (n_m / Σ n)."""
+  counts = np.asarray(train_counts_M, np.float64)
+  w = np.full_like(counts, 1.0 / len(counts)) if scheme == "uniform" else counts / counts.sum()
+  return w.astype(np.float32)
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def build(config, federation: data.Federation) -> Algorithm:
+  """MTSL from a validated config and its federation.
+
+  Args:
+    config: experiment config (`split`, `model`, both optimizers, batch size, seed).
+    federation: the clients' data; its label spaces size the head.
+
+  Returns:
+    An Algorithm whose state is a `split.SplitState`.
+  """
+  num_classes_M = np.asarray(federation.num_classes, np.int32)
+  num_clients = len(num_classes_M)
+  split_model = split.make_split_model(config.model, config.split, int(num_classes_M.max()))
+  multipliers = config.split.client_lr_multipliers or (1.0,) * num_clients
+  ctx = split.StepContext(
+      split=split_model,
+      server_tx=optimizers.make_optimizer(config.server_optimizer, config.num_steps),
+      client_tx=optimizers.make_optimizer(config.client_optimizer, config.num_steps),
+      num_classes_M=jnp.asarray(num_classes_M),
+      weights_M=jnp.asarray(task_weights(config.split.task_weights, federation.train_counts)),
+      lr_multipliers_M=jnp.asarray(multipliers, jnp.float32),
+      batch_size=config.batch_size,
+      implementation=config.split.implementation)
+  input_shape = tuple(federation.input_shape)
+  init_state = lambda: split.init_state(ctx, config.seed, input_shape)
+
+  abstract = jax.eval_shape(init_state)
+  x_shape = jax.ShapeDtypeStruct((num_clients, config.batch_size) + input_shape, jnp.float32)
+  y_shape = jax.ShapeDtypeStruct((num_clients, config.batch_size), jnp.int32)
+  traffic = ledger.split_step_traffic(ctx, abstract, x_shape, y_shape)
+
+  client_params = abstract.clients.params
+  param_counts = {
+      "server": count_params(abstract.server.params),
+      "client_bottom (each)": count_params(client_params["bottom"]) // num_clients,
+      "client_top (each)": count_params(client_params["top"]) // num_clients,
+  }
+  fingerprint = {
+      "algorithm": "mtsl", "num_clients": num_clients, "input_shape": list(input_shape),
+      "num_classes": num_classes_M.tolist(), "model": config.model.to_dict(),
+      "split": {k: config.split[k] for k in ("orientation", "client_bottom_blocks",
+                                             "client_top_blocks")},
+      "server_optimizer": config.server_optimizer.name,
+      "client_optimizer": config.client_optimizer.name,
+  }
+  return Algorithm(
+      name="mtsl", init_state=init_state,
+      step=split.make_train_step(ctx, data.sample_batches),
+      logits=lambda state, x: split_model.logits(state.server.params, state.clients.params, x),
+      traffic=traffic, param_counts=param_counts, num_classes_M=num_classes_M,
+      fingerprint=fingerprint)

@@ -1,0 +1,111 @@
+"""The complete configuration schema of mtsl_jax, with documented defaults.
+
+Every experiment config in `configs/` starts from `base_config()` and overrides a few
+fields, so this file is the single reference for what a field means and what it accepts.
+`mtsl_jax.validation.validate_config` checks a config against the choices listed here
+before anything is loaded or compiled.
+"""
+
+import ml_collections
+
+
+def optimizer_config(name: str = "sgd", learning_rate: float = 0.1) -> ml_collections.ConfigDict:
+  """One side's optimizer (server or clients).
+
+  Args:
+    name: 'sgd', 'momentum' (SGD with heavy-ball momentum), 'nesterov', 'adam' or 'adamw'.
+    learning_rate: peak learning rate (> 0).
+
+  Returns:
+    A ConfigDict with fields name, learning_rate, schedule ('constant', 'cosine',
+    'warmup_cosine', 'linear'), warmup_steps, momentum (used by momentum/nesterov),
+    weight_decay (decoupled, >= 0) and grad_clip_norm (0 disables clipping).
+  """
+  return ml_collections.ConfigDict(dict(
+      name=name,
+      learning_rate=learning_rate,
+      schedule="constant",
+      warmup_steps=0,
+      momentum=0.9,
+      weight_decay=0.0,
+      grad_clip_norm=0.0,
+  ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with their defaults: MTSL on the embedded Synthetic(1, 1) data."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.algorithm = "mtsl"
+
+  # ---- data -------------------------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"       # 'synthetic' | 'tfds' | 'npz'
+  # tfds: a dataset name, or several joined by ',' (a federation mixing datasets: the
+  # clients are divided into contiguous groups, one per dataset, as evenly as possible).
+  c.data.name = "mnist"
+  c.data.tfds_data_dir = ""         # '' means TFDS's default data_dir
+  c.data.npz_path = ""              # arrays x_train, y_train, x_test, y_test
+  c.data.num_clients = 10
+  c.data.partition = "iid"          # 'iid' | 'dirichlet' | 'shards' (not used by synthetic)
+  c.data.dirichlet_alpha = 0.5      # label skew: smaller is more heterogeneous
+  c.data.classes_per_client = 2     # shards: each client holds exactly this many classes
+  c.data.min_examples_per_client = 10
+  c.data.max_examples_per_client = 0  # cap on each client's train examples; 0 = no cap
+  # Per-client transforms, applied to a client's train and test data alike.
+  c.data.label_permutation = False  # client m relabels classes by its own permutation
+  c.data.rotation_step_degrees = 0.0  # client m's images rotated by m * step degrees
+  c.data.feature_noise_std = 0.0    # Gaussian noise added to the (standardized) inputs
+  c.data.label_noise_rate = 0.0     # fraction of TRAIN labels replaced by another class
+  c.data.noise_profile = "constant"  # 'constant': every client gets the value above;
+                                     # 'linear': client m gets value * m / (M - 1)
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      alpha=1.0,              # spread of the clients' true models
+      beta=1.0,               # spread of the clients' input means
+      num_features=60,
+      num_classes=10,
+      min_classes=0,          # > 0: label-space sizes spaced from min_classes to num_classes
+      examples_lognormal_mean=4.0,   # client sizes ~ lognormal(mean, sigma) + 50, as FedProx
+      examples_lognormal_sigma=2.0,
+      max_examples=1000,      # cap per client (train + test) before the split
+      test_fraction=0.2,
+  ))
+
+  # ---- model and split ---------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"              # 'mlp' | 'cnn' | 'resnet'
+  c.model.hidden_sizes = (64, 64)   # mlp: one block per hidden layer, then a head block
+  c.model.cnn_features = (32, 64)   # cnn: conv5x5 blocks, then dense and head blocks
+  c.model.cnn_dense = 512
+  c.model.resnet_widths = (16, 32, 64)  # resnet: stem, one block per stage, head
+  c.model.resnet_blocks_per_stage = 1
+  c.model.dtype = "float32"         # compute dtype: 'float32' | 'bfloat16'
+  # Convolutions: 'xla' (lax.conv), 'patches' (shifted views + one matmul; much faster on
+  # CPU, above all vmapped over clients) or 'auto' (patches on CPU, xla on GPU/TPU).
+  c.model.conv_impl = "auto"
+
+  c.split = ml_collections.ConfigDict()
+  # 'bottom': clients hold the input blocks, the server the rest and the loss.
+  # 'top': the server holds the input blocks, clients hold the head and the loss.
+  # 'u_shaped': clients hold input blocks and head; raw data and labels stay home.
+  c.split.orientation = "u_shaped"
+  c.split.client_bottom_blocks = 1
+  c.split.client_top_blocks = 1
+  c.split.task_weights = "uniform"  # 'uniform' | 'data_size' (w_m in the objective)
+  c.split.implementation = "fused"  # 'fused' | 'protocol' (message by message)
+  c.split.client_lr_multipliers = ()  # () or one positive float per client
+
+  # ---- optimization ------------------------------------------------------------------
+  c.server_optimizer = optimizer_config("sgd", 0.1)
+  c.client_optimizer = optimizer_config("sgd", 0.1)
+  c.batch_size = 32                 # per client per step
+  c.num_steps = 1000
+
+  # ---- loop --------------------------------------------------------------------------
+  c.log_every = 100
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.eval_batch_size = 512           # test examples per client per evaluation chunk
+  c.max_checkpoints_to_keep = 2
+  c.progress_bar = True
+  return c

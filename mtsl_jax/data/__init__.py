@@ -1,0 +1,18 @@
+"""Data for mtsl_jax: sources loaded once to host numpy, split into per-client tasks.
+
+`build_federation(config.data, config.seed)` gives the host-side `Federation`;
+`to_device` pads it into `ClientArrays`; `sample_batches` draws per-client minibatches
+on device.
+"""
+
+from mtsl_jax.data.federation import build_federation
+from mtsl_jax.data.federation import build_federation_from_datasets
+from mtsl_jax.data.federation import ClientArrays
+from mtsl_jax.data.federation import Federation
+from mtsl_jax.data.federation import sample_batches
+from mtsl_jax.data.federation import to_device
+from mtsl_jax.data.sources import ArrayDataset
+from mtsl_jax.data.sources import DataError
+from mtsl_jax.data.sources import load_npz
+from mtsl_jax.data.sources import load_tfds
+from mtsl_jax.data.sources import load_tfds_split

@@ -1,0 +1,197 @@
+"""Flax models as lists of blocks, so that a split point is just an index.
+
+A model is `make_blocks(model_config, num_classes)`: a list of Flax modules applied one
+after another. The last block is always the classification head. `split.py` cuts the list
+into client bottom, server part and client top (`BlockStack` each), so where the network is
+cut is a config value, identical for every algorithm that splits.
+
+Normalization is GroupNorm, not BatchNorm: it keeps no running statistics, so every part
+of a split model is a pure function of its parameters and inputs (the usual choice in
+federated and split learning for the same reason).
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+MODEL_NAMES = ("mlp", "cnn", "resnet")
+CONV_IMPLS = ("auto", "xla", "patches")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> 'patches' on CPU, 'xla' on GPU/TPU (where XLA's convolutions are fast)."""
+  if impl != "auto":
+    return impl
+  return "patches" if jax.default_backend() == "cpu" else "xla"
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """XLA's 'SAME' padding: output ceil(size / stride), the extra pad at the end."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+class Conv2D(nn.Module):
+  """2-D convolution with 'SAME' padding and two interchangeable implementations.
+
+  'xla' calls `lax.conv_general_dilated`. 'patches' gathers the kh*kw shifted (strided)
+  views of the input into one [N, H', W', kh*kw*C] tensor and multiplies it by the kernel
+  reshaped to [kh*kw*C, F]. On CPU the latter is several times faster, above all under
+  `vmap` over per-client kernels, where XLA's CPU grouped convolution (and its weight
+  gradient) is very slow; see benchmarks. Both use the same parameters (kernel
+  [kh, kw, C, F], bias [F]) and agree to float rounding (tested).
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  use_bias: bool = True
+  impl: str = "auto"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    sh, sw = self.strides
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (kh, kw, x.shape[-1], self.features))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    pads = [_same_padding(x.shape[1], kh, sh), _same_padding(x.shape[2], kw, sw)]
+    if resolve_conv_impl(self.impl) == "xla":
+      y = jax.lax.conv_general_dilated(x, kernel, (sh, sw), pads,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    else:
+      out_h, out_w = -(-x.shape[1] // sh), -(-x.shape[2] // sw)
+      xp = jnp.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
+      views = [xp[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :]
+               for i in range(kh) for j in range(kw)]
+      patches = jnp.concatenate(views, axis=-1) if len(views) > 1 else views[0]
+      y = patches @ kernel.reshape(-1, self.features)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
+class DenseBlock(nn.Module):
+  """Flatten (if needed), dense layer, ReLU."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    return nn.relu(nn.Dense(self.features, dtype=self.dtype)(x))
+
+
+class Head(nn.Module):
+  """Flatten (global-average-pool for feature maps) and a linear classifier.
+
+  Logits are returned in float32 whatever the compute dtype, so the loss is stable.
+  """
+  num_classes: int
+  pool: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.mean(axis=(1, 2)) if self.pool else x.reshape(x.shape[0], -1)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class ConvPoolBlock(nn.Module):
+  """5x5 convolution, ReLU, 2x2 max-pool (the classic FedAvg CNN layer)."""
+  features: int
+  conv_impl: str = "auto"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(Conv2D(self.features, (5, 5), impl=self.conv_impl, dtype=self.dtype)(x))
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class ResNetStem(nn.Module):
+  """3x3 convolution, GroupNorm, ReLU."""
+  features: int
+  conv_impl: str = "auto"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = Conv2D(self.features, (3, 3), use_bias=False, impl=self.conv_impl, dtype=self.dtype)(x)
+    return nn.relu(nn.GroupNorm(num_groups=min(8, self.features), dtype=self.dtype)(x))
+
+
+class ResNetStage(nn.Module):
+  """`num_blocks` pre-activation-free basic residual blocks; the first may downsample."""
+  features: int
+  num_blocks: int
+  stride: int
+  conv_impl: str = "auto"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    groups = min(8, self.features)
+    for i in range(self.num_blocks):
+      stride = self.stride if i == 0 else 1
+      conv = lambda s: Conv2D(self.features, (3, 3), strides=(s, s), use_bias=False,
+                              impl=self.conv_impl, dtype=self.dtype)
+      y = nn.relu(nn.GroupNorm(num_groups=groups, dtype=self.dtype)(conv(stride)(x)))
+      y = nn.GroupNorm(num_groups=groups, dtype=self.dtype)(conv(1)(y))
+      if x.shape[-1] != self.features or stride != 1:
+        x = Conv2D(self.features, (1, 1), strides=(stride, stride), use_bias=False,
+                   impl=self.conv_impl, dtype=self.dtype)(x)
+      x = nn.relu(x + y)
+    return x
+
+
+class BlockStack(nn.Module):
+  """Applies `blocks` in order; an empty stack is the identity with no parameters."""
+  blocks: Sequence[nn.Module]
+
+  @nn.compact
+  def __call__(self, x):
+    for block in self.blocks:
+      x = block(x)
+    return x
+
+
+def make_blocks(config: ml_collections.ConfigDict, num_classes: int) -> list[nn.Module]:
+  """Builds the block list of `config.name`.
+
+  Args:
+    config: the `model` section of the experiment config.
+    num_classes: output size of the head (the largest label space over tasks).
+
+  Returns:
+    A list of unbound Flax modules; the last one is the head.
+  """
+  dtype, impl = jnp.dtype(config.dtype), config.conv_impl
+  if config.name == "mlp":
+    blocks = [DenseBlock(h, dtype=dtype) for h in config.hidden_sizes]
+    return blocks + [Head(num_classes, dtype=dtype)]
+  if config.name == "cnn":
+    blocks = [ConvPoolBlock(f, conv_impl=impl, dtype=dtype) for f in config.cnn_features]
+    return blocks + [DenseBlock(config.cnn_dense, dtype=dtype), Head(num_classes, dtype=dtype)]
+  if config.name == "resnet":
+    widths = config.resnet_widths
+    blocks = [ResNetStem(widths[0], conv_impl=impl, dtype=dtype)]
+    blocks += [ResNetStage(w, config.resnet_blocks_per_stage, stride=1 if i == 0 else 2,
+                           conv_impl=impl, dtype=dtype) for i, w in enumerate(widths)]
+    return blocks + [Head(num_classes, pool=True, dtype=dtype)]
+  raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {config.name!r}")
+
+
+def num_blocks(config: ml_collections.ConfigDict) -> int:
+  """Number of blocks `make_blocks` returns, known without building anything."""
+  if config.name == "mlp":
+    return len(config.hidden_sizes) + 1
+  if config.name == "cnn":
+    return len(config.cnn_features) + 2
+  if config.name == "resnet":
+    return len(config.resnet_widths) + 2
+  raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {config.name!r}")

@@ -1,0 +1,188 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop of every algorithm.
+
+Order of work: validate the config (before anything loads or compiles) -> build the
+clients' data and put it on the device -> build the algorithm -> restore the latest
+checkpoint of `workdir` or initialize -> run chunks of steps, each chunk ONE jitted call
+(`loop.make_multi_step`), ending at the next log, evaluation or checkpoint step ->
+evaluate, write metrics, checkpoint -> final evaluation and checkpoint.
+
+Metrics reach the host only at chunk ends. A non-finite loss or gradient stops the run
+with `loop.NonFiniteError` naming the step and side; SIGINT/SIGTERM finish the current
+chunk, write a checkpoint and raise `TrainingInterrupted`, so a rerun on the same workdir
+resumes exactly.
+"""
+
+import contextlib
+import dataclasses
+import pathlib
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from mtsl_jax import algorithms, checkpointing, data, evaluation, loop, metric_writers
+from mtsl_jax import validation
+
+
+class TrainingInterrupted(RuntimeError):
+  """SIGINT/SIGTERM arrived; a checkpoint of the last completed chunk was written."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished run returns.
+
+  Attributes:
+    state: the final state pytree (on the device).
+    eval_metrics: the final evaluation (see `evaluation.summarize`).
+    train_metrics: the last chunk's averaged train metrics.
+    algorithm: the built Algorithm (for further evaluation in a notebook).
+  """
+  state: Any
+  eval_metrics: dict
+  train_metrics: dict
+  algorithm: algorithms.Algorithm
+
+
+def _next_boundary(step: int, config) -> int:
+  """The next step at which something happens: log, eval, checkpoint or the end."""
+  nxt = [((step // k) + 1) * k for k in (config.log_every, config.eval_every,
+                                         config.checkpoint_every)]
+  return min(nxt + [config.num_steps])
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+  """Records SIGINT/SIGTERM in a flag instead of dying mid-chunk (main thread only)."""
+  requested = {"signal": None}
+  handlers = {}
+
+  def handler(signum, _frame):
+    requested["signal"] = signum
+
+  with contextlib.ExitStack() as stack:
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers[sig] = signal.signal(sig, handler)
+      stack.callback(lambda: [signal.signal(s, h) for s, h in handlers.items()])
+    yield requested
+
+
+def _train_summary(summary: dict, algorithm, step: int) -> dict:
+  out = {k: np.asarray(v) for k, v in summary.items()
+         if k not in ("steps_run", "bad_step", "bad_server", "bad_clients")}
+  out.update(algorithm.traffic.cumulative(step))
+  return out
+
+
+def _print_accuracies(eval_metrics: dict, step: int) -> None:
+  acc = eval_metrics["test/accuracy"]
+  per_task = " ".join(f"{a:.3f}" for a in acc)
+  print(f"step {step}: per-task test accuracy [{per_task}]\n"
+        f"  mean {eval_metrics['test/accuracy_mean']:.4f}  "
+        f"weighted {eval_metrics['test/accuracy_weighted']:.4f}  "
+        f"worst {eval_metrics['test/accuracy_worst']:.4f}", flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       *, verbose: bool = True) -> TrainResult:
+  """Trains `config.algorithm` and evaluates every task; resumes from `workdir`.
+
+  Args:
+    config: an experiment config (see `config_base.base_config`).
+    workdir: directory for checkpoints/, metrics.jsonl and tensorboard/; if it holds a
+      checkpoint of the same config, training resumes from the latest one.
+    verbose: print the start-of-run report and the final accuracies.
+
+  Returns:
+    A TrainResult.
+
+  Raises:
+    validation.ConfigError, data.DataError: bad config or data (before any compilation).
+    loop.NonFiniteError: the loss or a gradient became non-finite.
+    checkpointing.CheckpointMismatchError: workdir holds another config's checkpoint.
+    TrainingInterrupted: SIGINT/SIGTERM; the state was checkpointed first.
+  """
+  validation.validate_config(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  federation = data.build_federation(config.data, config.seed)
+  validation.validate_label_spaces(config, federation.num_classes)
+  algorithm = algorithms.build_algorithm(config, federation)
+  train_data, test_data = data.to_device(federation)
+  chunk = min(config.eval_batch_size, int(test_data.x.shape[1]))
+  test_x, test_y = evaluation.pad_examples(test_data.x, test_data.y, chunk)
+  evaluate = evaluation.make_evaluate(algorithm.logits, jnp.asarray(algorithm.num_classes_M),
+                                      chunk)
+  run_steps = loop.make_multi_step(algorithm.step)
+
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", algorithm.fingerprint,
+                                            config.max_checkpoints_to_keep)
+  writer = metric_writers.MetricWriter(workdir)
+  try:
+    if checkpointer.latest_step() is not None:
+      state = checkpointer.restore(jax.eval_shape(algorithm.init_state))
+    else:
+      state = jax.jit(algorithm.init_state)()
+    step = int(state.step)
+    if verbose:
+      print(f"mtsl_jax: {config.algorithm} on {federation.description}\n"
+            f"  devices: {jax.devices()}\n"
+            f"  parameters: {algorithm.param_counts}\n"
+            f"  bytes per step: up {int(algorithm.traffic.uplink_M.sum())}, "
+            f"down {int(algorithm.traffic.downlink_M.sum())}\n"
+            f"  {'resuming from step ' + str(step) if step else 'starting'} -> "
+            f"{config.num_steps} steps; workdir {workdir}", flush=True)
+
+    def evaluate_now(state):
+      raw = jax.device_get(evaluate(state, test_x, test_y, test_data.counts))
+      return evaluation.summarize(raw, federation.test_counts)
+
+    train_metrics, eval_metrics = {}, None
+    bar = tqdm.tqdm(total=config.num_steps, initial=step, unit="step", dynamic_ncols=True,
+                    disable=not config.progress_bar, file=sys.stderr)
+    with _stop_on_signals() as stop, bar:
+      while step < config.num_steps:
+        target = _next_boundary(step, config)
+        t0 = time.perf_counter()
+        state, summary = run_steps(state, train_data, jnp.asarray(target - step, jnp.int32))
+        summary = jax.device_get(summary)
+        loop.raise_if_diverged(summary)
+        elapsed = time.perf_counter() - t0
+        bar.update(target - step)
+        step = target
+        if step % config.log_every == 0 or step == config.num_steps:
+          train_metrics = _train_summary(summary, algorithm, step)
+          train_metrics["steps_per_second"] = int(summary["steps_run"]) / elapsed
+          writer.write(step, train_metrics)
+          bar.set_postfix(loss=f"{float(train_metrics['loss']):.4f}")
+        if step % config.eval_every == 0 or step == config.num_steps:
+          eval_metrics = evaluate_now(state)
+          writer.write(step, eval_metrics)
+          bar.set_postfix(loss=f"{float(summary['loss']):.4f}",
+                          acc=f"{eval_metrics['test/accuracy_mean']:.3f}")
+        if step % config.checkpoint_every == 0 or step == config.num_steps:
+          checkpointer.save(step, state)
+        if stop["signal"] is not None:
+          checkpointer.save(step, state)
+          checkpointer.wait()
+          raise TrainingInterrupted(
+              f"stopped by signal {stop['signal']} at step {step}; checkpoint written to "
+              f"{checkpointer.directory}; rerun with the same --workdir to resume")
+    if eval_metrics is None:  # resumed a finished run: evaluate what was restored
+      eval_metrics = evaluate_now(state)
+    checkpointer.wait()
+  finally:
+    writer.close()
+    checkpointer.close()
+  if verbose:
+    _print_accuracies(eval_metrics, step)
+  return TrainResult(state=state, eval_metrics=eval_metrics, train_metrics=train_metrics,
+                     algorithm=algorithm)
