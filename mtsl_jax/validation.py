@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import ml_collections
 
-from mtsl_jax import config_base, models, optimizers, split
+from mtsl_jax import algorithms, config_base, models, optimizers, split
 
-ALGORITHMS = ("mtsl",)
+ALGORITHMS = tuple(algorithms.ALGORITHMS)
 DATA_SOURCES = ("synthetic", "tfds", "npz")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 PARTITIONS = ("iid", "dirichlet", "shards")
