@@ -2,9 +2,9 @@
 
 Any field can be overridden, e.g. `--config.server_optimizer.learning_rate=0.05`
 (the config is locked: a misspelled field is an error). Config and data mistakes print
-one line naming the field and exit with status 2; divergence exits with status 3;
-SIGINT/SIGTERM checkpoint and exit with status 130 (rerun with the same --workdir to
-resume).
+one line naming the field and exit with status 2 (so do unreadable or mismatched
+checkpoints); divergence exits with status 3; SIGINT/SIGTERM finish the current chunk of
+steps, checkpoint and exit with status 130/143 (rerun with the same --workdir to resume).
 """
 
 import pathlib
@@ -35,8 +35,7 @@ def main(argv):
     return 2
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (validation.ConfigError, data.DataError,
-          checkpointing.CheckpointMismatchError) as e:
+  except (validation.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except loop.NonFiniteError as e:
@@ -44,7 +43,7 @@ def main(argv):
     return 3
   except train.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)
-    return 130
+    return 128 + e.signum  # the shell's convention for "ended by signal N"
   return 0
 
 

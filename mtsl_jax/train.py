@@ -32,7 +32,15 @@ from mtsl_jax import validation
 
 
 class TrainingInterrupted(RuntimeError):
-  """SIGINT/SIGTERM arrived; a checkpoint of the last completed chunk was written."""
+  """SIGINT/SIGTERM arrived; a checkpoint of the last completed chunk was written.
+
+  Attributes:
+    signum: the signal's number.
+  """
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
 
 
 @dataclasses.dataclass
@@ -65,6 +73,8 @@ def _stop_on_signals():
   handlers = {}
 
   def handler(signum, _frame):
+    if requested["signal"] is not None:  # a second signal: stop now, without a checkpoint
+      raise KeyboardInterrupt
     requested["signal"] = signum
 
   with contextlib.ExitStack() as stack:
@@ -125,13 +135,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", algorithm.fingerprint,
                                             config.max_checkpoints_to_keep)
-  writer = metric_writers.MetricWriter(workdir)
+  writer = None
   try:
     if checkpointer.latest_step() is not None:
       state = checkpointer.restore(jax.eval_shape(algorithm.init_state))
     else:
       state = jax.jit(algorithm.init_state)()
     step = int(state.step)
+    writer = metric_writers.MetricWriter(workdir, start_step=step)
     if verbose:
       print(f"mtsl_jax: {config.algorithm} on {federation.description}\n"
             f"  devices: {jax.devices()}\n"
@@ -160,8 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         step = target
         if step % config.log_every == 0 or step == config.num_steps:
           train_metrics = _train_summary(summary, algorithm, step)
-          train_metrics["steps_per_second"] = int(summary["steps_run"]) / elapsed
           writer.write(step, train_metrics)
+          writer.write_timing(step, {"steps_per_second": int(summary["steps_run"]) / elapsed})
           bar.set_postfix(loss=f"{float(train_metrics['loss']):.4f}")
         if step % config.eval_every == 0 or step == config.num_steps:
           eval_metrics = evaluate_now(state)
@@ -175,12 +186,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           checkpointer.wait()
           raise TrainingInterrupted(
               f"stopped by signal {stop['signal']} at step {step}; checkpoint written to "
-              f"{checkpointer.directory}; rerun with the same --workdir to resume")
+              f"{checkpointer.directory}; rerun with the same --workdir to resume",
+              stop["signal"])
     if eval_metrics is None:  # resumed a finished run: evaluate what was restored
       eval_metrics = evaluate_now(state)
     checkpointer.wait()
   finally:
-    writer.close()
+    if writer is not None:
+      writer.close()
     checkpointer.close()
   if verbose:
     _print_accuracies(eval_metrics, step)

@@ -10,6 +10,7 @@ array_record format and never touches the network here (`download=False`).
 
 import dataclasses
 import os
+import zipfile
 
 import numpy as np
 
@@ -118,11 +119,14 @@ def load_npz(path: str) -> ArrayDataset:
         raise DataError(f"data.npz_path: {path} lacks array(s) {', '.join(missing)}; it "
                         f"has {', '.join(npz.files) or 'none'}.")
       arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-  except (OSError, ValueError) as e:  # Not a zip, corrupt, or object arrays.
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # Corrupt or pickled.
     raise DataError(f"data.npz_path: cannot read {path} as .npz: {e}") from e
   name = os.path.basename(path)
   name = name[:-4] if name.endswith(".npz") else name
-  return ArrayDataset.from_arrays(name, **arrays)
+  try:
+    return ArrayDataset.from_arrays(name, **arrays)
+  except DataError as e:  # say which file and which config field
+    raise DataError(f"data.npz_path: {path}: {e}") from e
 
 
 def _preparation_hint(name: str, root: str, searched: str) -> str:
