@@ -14,6 +14,7 @@ resumes exactly.
 
 import contextlib
 import dataclasses
+import os
 import pathlib
 import signal
 import sys
@@ -85,6 +86,13 @@ def _stop_on_signals():
     yield requested
 
 
+def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Records the run's config as `<workdir>/config.json` (plots and sweeps read it)."""
+  tmp = workdir / "config.json.tmp"
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, workdir / "config.json")
+
+
 def _train_summary(summary: dict, algorithm, step: int) -> dict:
   out = {k: np.asarray(v) for k, v in summary.items()
          if k not in ("steps_run", "bad_step", "bad_server", "bad_clients")}
@@ -123,6 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   validation.validate_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  _write_config(config, workdir)
   federation = data.build_federation(config.data, config.seed)
   validation.validate_label_spaces(config, federation.num_classes)
   algorithm = algorithms.build_algorithm(config, federation)
@@ -169,10 +178,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         elapsed = time.perf_counter() - t0
         bar.update(target - step)
         step = target
+        writer.write_timing(step, {"chunk_seconds": elapsed,
+                                   "steps_per_second": int(summary["steps_run"]) / elapsed})
         if step % config.log_every == 0 or step == config.num_steps:
           train_metrics = _train_summary(summary, algorithm, step)
           writer.write(step, train_metrics)
-          writer.write_timing(step, {"steps_per_second": int(summary["steps_run"]) / elapsed})
           bar.set_postfix(loss=f"{float(train_metrics['loss']):.4f}")
         if step % config.eval_every == 0 or step == config.num_steps:
           eval_metrics = evaluate_now(state)
