@@ -29,7 +29,7 @@ import numpy as np
 import tqdm
 
 from mtsl_jax import algorithms, checkpointing, data, evaluation, loop, metric_writers
-from mtsl_jax import validation
+from mtsl_jax import sharding, validation
 
 
 class TrainingInterrupted(RuntimeError):
@@ -135,9 +135,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   federation = data.build_federation(config.data, config.seed)
   validation.validate_label_spaces(config, federation.num_classes)
   algorithm = algorithms.build_algorithm(config, federation)
+  mesh = sharding.client_mesh(config.parallel.client_devices, federation.num_clients)
   train_data, test_data = data.to_device(federation)
   chunk = min(config.eval_batch_size, int(test_data.x.shape[1]))
   test_x, test_y = evaluation.pad_examples(test_data.x, test_data.y, chunk)
+  test_counts = test_data.counts
+  if mesh is not None:
+    train_data, (test_x, test_y, test_counts) = sharding.shard_clients(
+        (train_data, (test_x, test_y, test_counts)), mesh)
   evaluate = evaluation.make_evaluate(algorithm.logits, jnp.asarray(algorithm.num_classes_M),
                                       chunk)
   run_steps = loop.make_multi_step(algorithm.step)
@@ -150,11 +155,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       state = checkpointer.restore(jax.eval_shape(algorithm.init_state))
     else:
       state = jax.jit(algorithm.init_state)()
+    if mesh is not None:
+      state = sharding.shard_state(state, mesh)
     step = int(state.step)
     writer = metric_writers.MetricWriter(workdir, start_step=step)
     if verbose:
       print(f"mtsl_jax: {config.algorithm} on {federation.description}\n"
-            f"  devices: {jax.devices()}\n"
+            f"  devices: {jax.devices()}"
+            f"{f' (clients sharded over {mesh.size})' if mesh is not None else ''}\n"
             f"  parameters: {algorithm.param_counts}\n"
             f"  bytes per step: up {int(algorithm.traffic.uplink_M.sum())}, "
             f"down {int(algorithm.traffic.downlink_M.sum())}\n"
@@ -162,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             f"{config.num_steps} steps; workdir {workdir}", flush=True)
 
     def evaluate_now(state):
-      raw = jax.device_get(evaluate(state, test_x, test_y, test_data.counts))
+      raw = jax.device_get(evaluate(state, test_x, test_y, test_counts))
       return evaluation.summarize(raw, federation.test_counts)
 
     train_metrics, eval_metrics = {}, None
