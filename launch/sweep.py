@@ -15,7 +15,7 @@ from absl import logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
-from mtsl_jax import checkpointing, data, loop, sweeps, train, validation
+from mtsl_jax import exit_codes, sweeps
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file with get_config() and get_sweep().")
 _DIR = flags.DEFINE_string("dir", None, "Sweep directory (default workdirs/sweeps/<name>).")
@@ -32,17 +32,11 @@ def main(argv):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   sweep_dir = _DIR.value or f"workdirs/sweeps/{pathlib.Path(_SWEEP.value).stem}"
-  try:
-    rows = sweeps.run_sweep(module.get_config(), module.get_sweep(), sweep_dir)
-  except (validation.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except loop.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 3
-  except train.TrainingInterrupted as e:
-    print(str(e), file=sys.stderr)
-    return 128 + e.signum
+  rows = []
+  status = exit_codes.run_reporting_errors(lambda: rows.extend(
+      sweeps.run_sweep(module.get_config(), module.get_sweep(), sweep_dir)))
+  if status:
+    return status
   best = sweeps.best_run(rows)
   print(f"{len(rows)} runs; summary: {sweep_dir}/summary.csv\nbest: {best}")
   return 0

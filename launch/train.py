@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
-from mtsl_jax import checkpointing, data, loop, train, validation
+from mtsl_jax import exit_codes, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<name>.py).", lock_config=True)
@@ -33,18 +33,8 @@ def main(argv):
   if _CONFIG.value is None:
     print("error: --config is required, e.g. --config configs/default.py", file=sys.stderr)
     return 2
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (validation.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except loop.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 3
-  except train.TrainingInterrupted as e:
-    print(str(e), file=sys.stderr)
-    return 128 + e.signum  # the shell's convention for "ended by signal N"
-  return 0
+  return exit_codes.run_reporting_errors(
+      lambda: train.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":

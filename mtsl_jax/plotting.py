@@ -91,10 +91,15 @@ def plot_runs(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path,
   fig, axes = plt.subplots(1, 4, figsize=(18, 4))
   for run, label in zip(runs, labels):
     axes[0].plot(run["steps"], run["accuracy_mean"], marker=".", label=label)
-    axes[1].plot(np.maximum(run["bytes"], 1.0), run["accuracy_mean"], marker=".", label=label)
+    if run["bytes"].max() > 0:  # methods that send nothing (local-only) have no curve here
+      axes[1].plot(run["bytes"], run["accuracy_mean"], marker=".", label=label)
+    else:
+      axes[1].plot([], [], label=f"{label}: 0 bytes")
     axes[2].plot(run["seconds"], run["accuracy_mean"], marker=".", label=label)
-  axes[0].set(xlabel="training step", ylabel="mean per-task test accuracy")
+  axes[0].set(xlabel="loop step (one round for federated methods)",
+              ylabel="mean per-task test accuracy")
   axes[1].set(xlabel="bytes transmitted (all clients)", xscale="log")
+  axes[1].legend(fontsize="small")
   axes[2].set(xlabel="wall time (s, compilation included)")
   width = 0.8 / len(runs)
   for i, (run, label) in enumerate(zip(runs, labels)):

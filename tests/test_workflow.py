@@ -76,3 +76,28 @@ def test_plot_reads_runs_and_writes_png_and_pdf(tmp_path):
   for ext in (".png", ".pdf"):
     path = tmp_path / f"fig{ext}"
     assert path.exists() and path.stat().st_size > 1000
+
+
+def test_sweep_launcher_runs_a_sweep_file_and_reports_errors(tmp_path):
+  sweep_file = tmp_path / "tiny_sweep.py"
+  sweep_file.write_text(
+      "from mtsl_jax import config_base\n"
+      "def get_config():\n"
+      "  c = config_base.base_config()\n"
+      "  c.data.num_clients, c.data.synthetic.max_examples = 3, 100\n"
+      "  c.model.hidden_sizes, c.batch_size, c.num_steps = (8, 8), 4, 10\n"
+      "  c.log_every = c.eval_every = c.checkpoint_every = 10\n"
+      "  c.progress_bar = False\n"
+      "  return c\n"
+      "def get_sweep():\n"
+      "  return {'seed': [0, 1]}\n")
+  cmd = [sys.executable, "launch/sweep.py", f"--sweep={sweep_file}", f"--dir={tmp_path / 's'}"]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert "2 runs; summary:" in proc.stdout
+  assert (tmp_path / "s" / "seed=1" / "result.json").exists()
+  sweep_file.write_text(sweep_file.read_text().replace("{'seed': [0, 1]}",
+                                                       "{'batch_size': [0]}"))
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: config.batch_size:")
