@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only; no display on servers or in tests
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from mtsl_jax import metric_writers  # pylint: disable=wrong-import-position
+from mtsl_jax import metric_writers, step_sizes  # pylint: disable=wrong-import-position
 
 
 def run_label(workdir: str | pathlib.Path) -> str:
@@ -119,3 +119,66 @@ def plot_runs(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path,
     written.append(path)
   plt.close(fig)
   return written
+
+
+def _grid_index(values, grid):
+  """Maps rates to fractional grid indices (linear in log rate; grids are geometric)."""
+  slope, intercept = np.polyfit(np.log(grid), np.arange(len(grid)), 1)
+  return slope * np.log(values) + intercept
+
+
+def plot_lr_study(study, path: str | pathlib.Path) -> pathlib.Path:
+  """Heatmaps of an `lr_study.LrStudy`: final loss and steps to target, with the theory.
+
+  Each panel shows the grid (× diverged, – target never reached), the descent boundary
+  of docs/theory.md computed from the block constants at initialization, the predicted
+  best ratio η_c/η_s, and the lowest-final-loss point.
+
+  Args:
+    study: the study's results.
+    path: the PNG to write.
+
+  Returns:
+    The written path.
+  """
+  server_lrs, client_lrs = study.server_lrs, study.client_lrs
+  shape = (len(server_lrs), len(client_lrs))
+  final_loss = study.final_loss.reshape(shape)
+  steps = study.steps_to_target.reshape(shape)
+  consts = study.constants
+  ls, lc, rho = float(consts.server), np.asarray(consts.clients), np.asarray(consts.cross)
+  eta_c = np.geomspace(client_lrs[0] / 3, client_lrs[-1] * 3, 200)
+  eta_s_max = np.array([step_sizes.max_server_lr(ls, lc, rho, study.weights, e) for e in eta_c])
+  eta_s = np.geomspace(server_lrs[0] / 3, server_lrs[-1] * 3, 50)
+  best = np.unravel_index(study.best, shape)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+  panels = [(np.log10(final_loss), "log10 final train loss"),
+            (np.where(np.isfinite(steps), steps, np.nan),
+             f"steps to test acc ≥ {study.target:g} (–: never, ×: diverged)")]
+  for ax, (values, title) in zip(axes, panels):
+    image = ax.imshow(values.T, origin="lower", cmap="viridis_r", aspect="auto")
+    fig.colorbar(image, ax=ax)
+    for i in range(shape[0]):
+      for j in range(shape[1]):
+        if not np.isfinite(final_loss[i, j]):
+          ax.text(i, j, "×", ha="center", va="center", color="red")
+        elif not np.isfinite(values[i, j]):
+          ax.text(i, j, "–", ha="center", va="center", color="gray")
+    ok = eta_s_max > 0
+    ax.plot(_grid_index(eta_s_max[ok], server_lrs), _grid_index(eta_c[ok], client_lrs), "w--",
+            label="bound Λ = 2 (init)")
+    ax.plot(_grid_index(eta_s, server_lrs),
+            _grid_index(study.predicted_ratio * eta_s, client_lrs), "w:",
+            label=f"η_c/η_s = {study.predicted_ratio:.3g} (theory)")
+    ax.plot(*best, "r*", ms=14, label="lowest final loss")
+    ax.set_xlim(-0.5, shape[0] - 0.5)
+    ax.set_ylim(-0.5, shape[1] - 0.5)
+    ax.set_xticks(range(shape[0]), [f"{v:g}" for v in server_lrs])
+    ax.set_yticks(range(shape[1]), [f"{v:g}" for v in client_lrs])
+    ax.set(xlabel="server lr η_s", ylabel="client lr η_c", title=title)
+  axes[0].legend(loc="upper right", fontsize=7, framealpha=0.5)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path

@@ -41,3 +41,14 @@ def test_quickstart_compares_mtsl_and_fedavg(tmp_path):
   assert (tmp_path / "runs" / "comparison.png").stat().st_size > 1000
   assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
              for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_lr_study_draws_the_heatmap(tmp_path):
+  nb = execute("lr_study.ipynb", {
+      "num_steps": 20, "eval_every": 10, "server_lrs": [0.1, 0.3], "client_lrs": [0.1, 1.0],
+      "target_accuracy": 0.5, "num_clients": 3, "out_dir": str(tmp_path / "out")}, tmp_path)
+  text = _outputs(nb)
+  assert "4 grid points x 20 steps" in text and "predicted ratio" in text
+  assert (tmp_path / "out" / "lr_study.png").stat().st_size > 1000
+  rows = (tmp_path / "out" / "lr_study.csv").read_text().splitlines()
+  assert len(rows) == 5 and rows[0].startswith("server_lr,client_lr")
