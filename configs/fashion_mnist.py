@@ -4,8 +4,10 @@ Command:
   python launch/train.py --config configs/fashion_mnist.py --workdir workdirs/fmnist \
       --config.data.tfds_data_dir=../shared/tfds
 
-Expected (2-core CPU, ~6 min): mean per-task test accuracy about 0.95: two classes per
-task make each task easy; the shared server block must still serve all ten classes.
+Expected: mean per-task test accuracy 0.994, worst task 0.976 (measured, seed 0). Two
+classes per task make each task easy; the shared server block still serves all ten
+classes. Same network and steps as configs/mnist.py (7 min on a 2-core CPU); this run took
+24 min on a CPU shared with other jobs.
 """
 
 from mtsl_jax import config_base
