@@ -108,4 +108,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 512           # test examples per client per evaluation chunk
   c.max_checkpoints_to_keep = 2
   c.progress_bar = True
+
+  # ---- federated and split-federated baselines (mtsl_jax/algorithms/, docs/algorithms.md)
+  c.fl = ml_collections.ConfigDict()
+  # Local steps per round: client optimizer steps (fedavg, fedrep's body, fedem) or split
+  # steps (splitfed_v1/v2) between two averagings. One loop step (num_steps) is one round.
+  c.fl.local_steps = 5
+  # Fraction of the clients sampled per round; S = max(1, round(fraction * M)) clients,
+  # uniformly without replacement. The ledger reports expected bytes per client.
+  c.fl.client_fraction = 1.0
+  c.fl.fedrep_head_blocks = 1       # fedrep: last blocks kept personal (0: it is fedavg)
+  c.fl.fedrep_head_steps = 5        # fedrep: head steps (body frozen) before the body steps
+  c.fl.num_components = 3           # fedem: shared component models mixed per client
+
+  # ---- devices -----------------------------------------------------------------------
+  c.parallel = ml_collections.ConfigDict()
+  # Devices the client axis is sharded over: 1 = one device, 0 = all devices, N = the
+  # first N (data.num_clients must be divisible by it). The server part is replicated.
+  c.parallel.client_devices = 1
   return c

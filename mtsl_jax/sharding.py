@@ -61,19 +61,23 @@ def shard_clients(tree: PyTree, mesh: Mesh) -> PyTree:
   return jax.tree.map(lambda x: _place(x, sharding), tree)
 
 
-def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-  """Places every leaf of `tree` whole on every device of the mesh."""
-  sharding = NamedSharding(mesh, PartitionSpec())
-  return jax.tree.map(lambda x: _place(x, sharding), tree)
+def shard_state(state: PyTree, mesh: Mesh, num_clients: int) -> PyTree:
+  """Shards every state leaf with a leading client axis; replicates the others.
 
+  A leaf counts as per-client when its leading dimension is M (all algorithms stack
+  client parameters, optimizer states and mixture weights that way). A server leaf whose
+  first dimension happens to equal M is sharded too: that changes only its placement,
+  not any result, since XLA keeps the computation equivalent for any sharding.
 
-def shard_state(state: PyTree, mesh: Mesh) -> PyTree:
-  """Shards a state's `clients` field (stacked over clients) and replicates the rest.
+  Args:
+    state: any algorithm's state pytree.
+    mesh: the client mesh.
+    num_clients: M.
 
-  States without a `clients` field are replicated whole: still correct, only without the
-  memory saving.
+  Returns:
+    The placed state.
   """
-  if not hasattr(state, "clients"):
-    return replicate(state, mesh)
-  others = replicate(state.replace(clients=None), mesh)
-  return others.replace(clients=shard_clients(state.clients, mesh))
+  split_axis = NamedSharding(mesh, PartitionSpec(CLIENT_AXIS))
+  whole = NamedSharding(mesh, PartitionSpec())
+  per_client = lambda x: np.ndim(x) > 0 and np.shape(x)[0] == num_clients
+  return jax.tree.map(lambda x: _place(x, split_axis if per_client(x) else whole), state)

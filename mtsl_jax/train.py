@@ -156,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     else:
       state = jax.jit(algorithm.init_state)()
     if mesh is not None:
-      state = sharding.shard_state(state, mesh)
+      state = sharding.shard_state(state, mesh, federation.num_clients)
     step = int(state.step)
     writer = metric_writers.MetricWriter(workdir, start_step=step)
     if verbose:

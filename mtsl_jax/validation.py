@@ -15,6 +15,7 @@ import ml_collections
 from mtsl_jax import algorithms, config_base, models, optimizers, split
 
 ALGORITHMS = tuple(algorithms.ALGORITHMS)
+SPLIT_ALGORITHMS = ("mtsl", "splitfed_v1", "splitfed_v2")  # the ones config.split cuts
 DATA_SOURCES = ("synthetic", "tfds", "npz")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 PARTITIONS = ("iid", "dirichlet", "shards")
@@ -121,6 +122,7 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("checkpoint_every", is_pos, "an integer > 0"),
       ("eval_batch_size", is_pos, "an integer > 0"),
       ("max_checkpoints_to_keep", is_pos, "an integer > 0"),
+      ("parallel.client_devices", lambda v: v >= 0, "an integer >= 0 (0: all devices)"),
   ]
   for side in ("server_optimizer", "client_optimizer"):
     rules += [
@@ -179,6 +181,26 @@ def _check_split(c) -> None:
                       "clients (orientation 'top' or 'u_shaped'); with 'bottom' use 0")
 
 
+def _check_fl(c) -> None:
+  """The federated baselines' section: ranges, and FedRep's head against the model."""
+  rules = [
+      ("fl.local_steps", lambda v: v >= 1, "an integer >= 1"),
+      ("fl.client_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+      ("fl.fedrep_head_blocks", lambda v: v >= 0, "an integer >= 0"),
+      ("fl.fedrep_head_steps", lambda v: v >= 0, "an integer >= 0"),
+      ("fl.num_components", lambda v: v >= 1, "an integer >= 1"),
+  ]
+  for field, predicate, allowed in rules:
+    value = _get(c, field)
+    if not predicate(value):
+      raise ConfigError(field, f"must be {allowed}; got {value!r}")
+  n = models.num_blocks(c.model)
+  if c.algorithm == "fedrep" and c.fl.fedrep_head_blocks >= n:
+    raise ConfigError("fl.fedrep_head_blocks", f"the {c.model.name} has {n} blocks and the "
+                      f"shared body needs at least one, so it must be <= {n - 1}; got "
+                      f"{c.fl.fedrep_head_blocks}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks every field of `config`; raises ConfigError on the first problem.
 
@@ -194,7 +216,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not predicate(value):
       raise ConfigError(field, f"must be {allowed}; got {value!r}")
   _check_data_names(config)
-  _check_split(config)
+  if config.algorithm in SPLIT_ALGORITHMS:  # the cut means nothing to unsplit methods
+    _check_split(config)
+  _check_fl(config)
 
 
 def validate_label_spaces(config: ml_collections.ConfigDict, num_classes_M) -> None:
@@ -204,7 +228,8 @@ def validate_label_spaces(config: ml_collections.ConfigDict, num_classes_M) -> N
     config: the validated config.
     num_classes_M: label-space size of each task, from the built federation.
   """
-  if config.split.orientation == "bottom" and len(set(int(k) for k in num_classes_M)) > 1:
+  if (config.algorithm in SPLIT_ALGORITHMS and config.split.orientation == "bottom"
+      and len(set(int(k) for k in num_classes_M)) > 1):
     raise ConfigError("split.orientation", "the tasks have label spaces of different sizes "
                       f"({sorted(set(int(k) for k in num_classes_M))}); they need the head on the "
                       "clients: orientation 'top' or 'u_shaped'")

@@ -32,6 +32,18 @@ SCRIPT = textwrap.dedent("""
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(results[1].eval_metrics["test/accuracy"],
                                results[8].eval_metrics["test/accuracy"])
+    for algorithm in ("fedavg", "local", "splitfed_v1", "fedem"):
+      runs = []
+      for devices in (1, 4):
+        config = load_config("test")
+        config.algorithm = algorithm
+        config.data.num_clients, config.num_steps, config.fl.local_steps = 8, 10, 2
+        config.parallel.client_devices = devices
+        runs.append(train.train_and_evaluate(config, f"{sys.argv[1]}/{algorithm}{devices}",
+                                             verbose=False))
+      for a, b in zip(jax.tree.leaves(runs[0].state), jax.tree.leaves(runs[1].state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5,
+                                   err_msg=algorithm)
     config = load_config("test")
     config.data.num_clients = 6
     config.parallel.client_devices = 8

@@ -124,3 +124,12 @@ def test_launcher_trains_the_test_config_and_resumes(tmp_path):
   again = _launch("--config", "configs/test.py", "--workdir", str(tmp_path))
   assert again.returncode == 0, again.stderr
   assert "resuming from step 40" in again.stdout
+
+
+def test_split_checks_apply_only_to_methods_that_split():
+  config = _with({"split.orientation": "bottom", "algorithm": "fedavg"})  # top blocks 1
+  validation.validate_config(config)
+  validation.validate_label_spaces(config, [10, 10, 5])
+  config.algorithm = "splitfed_v1"
+  with pytest.raises(validation.ConfigError, match="config.split.client_top_blocks"):
+    validation.validate_config(config)

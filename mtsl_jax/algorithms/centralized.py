@@ -1,0 +1,78 @@
+"""Centralized training on the weighted union of the clients' data, as an `Algorithm`.
+
+The upper reference without communication constraints: one model, and each step draws
+every client's minibatch (the same draws as round t of FedAvg's first local step) and
+takes one step of `config.server_optimizer` (one model, held in one place) on
+
+    Σ_m w_m f_m(θ)        (w_m from config.split.task_weights).
+
+Nothing is counted on the ledger: the data are assumed pooled beforehand. Every task is
+evaluated with the one model.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.fedavg import GlobalModelState
+from mtsl_jax.algorithms.mtsl import count_params, task_weights
+
+
+def build(config, federation: data.Federation) -> Algorithm:
+  """Centralized training from a validated config and its federation.
+
+  Args:
+    config: experiment config (model, server_optimizer, batch size, seed).
+    federation: the clients' data.
+
+  Returns:
+    An Algorithm whose state is a `fedavg.GlobalModelState`.
+  """
+  num_classes_M = np.asarray(federation.num_classes, np.int32)
+  num_clients = len(num_classes_M)
+  input_shape = tuple(federation.input_shape)
+  model = local_training.make_full_model(config.model, int(num_classes_M.max()))
+  tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
+  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
+  classes = jnp.asarray(num_classes_M)
+
+  def init_state():
+    params = local_training.init_model(model, local_training.init_key(config.seed),
+                                       input_shape)
+    return GlobalModelState(step=jnp.zeros((), jnp.int32),
+                            rng=local_training.run_key(config.seed),
+                            server=split.SideState(params, tx.init(params)))
+
+  def objective(params, x, y):
+    logits = local_training.apply_to_all(model, params, x)
+    losses, accs = jax.vmap(local_training.client_loss)(logits, y, classes)
+    return jnp.sum(weights_M * losses), (losses, accs)
+
+  def step(state, train_data):
+    round_key = jax.random.fold_in(state.rng, state.step)
+    x, y = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 0), 1,
+                                       config.batch_size)
+    (loss, (losses, accs)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.server.params, x[:, 0], y[:, 0])
+    updates, opt_state = tx.update(grads, state.server.opt_state, state.server.params)
+    server = split.SideState(optax.apply_updates(state.server.params, updates), opt_state)
+    finite = federated.all_finite(grads) & jnp.isfinite(loss)
+    metrics = {"loss": loss, "task_loss": losses, "task_accuracy": accs,
+               "server/grad_norm": optax.tree.norm(grads),
+               "server/update_norm": optax.tree.norm(updates),
+               "server/param_norm": optax.tree.norm(server.params),
+               "finite/server": finite, "finite/clients": jnp.isfinite(losses)}
+    return state.replace(step=state.step + 1, server=server), metrics
+
+  abstract = jax.eval_shape(init_state)
+  return Algorithm(
+      name="centralized", init_state=init_state, step=step,
+      logits=lambda state, x: local_training.apply_to_all(model, state.server.params, x),
+      traffic=ledger.no_traffic(num_clients),
+      param_counts={"model": count_params(abstract.server.params)},
+      num_classes_M=num_classes_M,
+      fingerprint=federated.fingerprint("centralized", config, num_classes_M, input_shape))

@@ -1,0 +1,91 @@
+"""FedAvg (McMahan et al., AISTATS 2017) in the FedOpt form, as an `Algorithm`.
+
+One loop step is one ROUND: sample S clients, broadcast the global model, each sampled
+client runs `config.fl.local_steps` steps of `config.client_optimizer` (fresh optimizer
+state every round) on its own minibatches, and the server applies
+`config.server_optimizer` to the negated weighted mean of the deltas (server SGD with
+learning rate 1 is plain FedAvg). Every task is evaluated with the global model.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.mtsl import count_params, task_weights
+
+
+@flax.struct.dataclass
+class GlobalModelState:
+  """The state of a method with one global model (FedAvg, centralized).
+
+  Attributes:
+    step: int32 scalar, rounds (or steps) taken.
+    rng: base key; round t uses `fold_in(rng, t)`.
+    server: the global parameters and the server optimizer state.
+  """
+  step: jax.Array
+  rng: jax.Array
+  server: split.SideState
+
+
+def build(config, federation: data.Federation) -> Algorithm:
+  """FedAvg from a validated config and its federation.
+
+  Args:
+    config: experiment config (model, fl, both optimizers, batch size, seed).
+    federation: the clients' data.
+
+  Returns:
+    An Algorithm whose state is a GlobalModelState.
+  """
+  num_classes_M = np.asarray(federation.num_classes, np.int32)
+  num_clients = len(num_classes_M)
+  input_shape = tuple(federation.input_shape)
+  model = local_training.make_full_model(config.model, int(num_classes_M.max()))
+  local_steps = config.fl.local_steps
+  sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
+  # The client optimizer restarts every round, so its schedule spans one round's steps.
+  client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
+  server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
+  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
+  classes = jnp.asarray(num_classes_M)
+
+  def init_state():
+    params = local_training.init_model(model, local_training.init_key(config.seed),
+                                       input_shape)
+    return GlobalModelState(step=jnp.zeros((), jnp.int32),
+                            rng=local_training.run_key(config.seed),
+                            server=split.SideState(params, server_tx.init(params)))
+
+  def step(state, train_data):
+    round_key = jax.random.fold_in(state.rng, state.step)
+    mask = federated.sample_clients(jax.random.fold_in(round_key, 1), num_clients, sampled)
+    x, y = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 0),
+                                       local_steps, config.batch_size)
+
+    def train_client(x_m, y_m, k_m):
+      loss_fn = lambda p, b: local_training.client_loss(model.apply(p, b[0]), b[1], k_m)
+      return local_training.local_sgd(loss_fn, state.server.params, client_tx, (x_m, y_m))
+
+    params_M, losses, accs = jax.vmap(train_client)(x, y, classes)
+    server, health = federated.server_step(server_tx, state.server, params_M, weights_M, mask)
+    metrics = dict(health, **federated.round_metrics(losses, accs, weights_M, mask))
+    metrics["finite/clients"] = federated.client_finite(params_M, losses, mask)
+    metrics["finite/server"] = federated.all_finite(server.params)
+    return state.replace(step=state.step + 1, server=server), metrics
+
+  abstract = jax.eval_shape(init_state)
+  traffic = ledger.exchange_traffic(
+      {"down/global_model": abstract.server.params, "up/model_delta": abstract.server.params},
+      num_clients, sampled / num_clients)
+  return Algorithm(
+      name="fedavg", init_state=init_state, step=step,
+      logits=lambda state, x: local_training.apply_to_all(model, state.server.params, x),
+      traffic=traffic, param_counts={"global model": count_params(abstract.server.params)},
+      num_classes_M=num_classes_M,
+      fingerprint=federated.fingerprint("fedavg", config, num_classes_M, input_shape,
+                                        local_steps=local_steps))

@@ -1,0 +1,140 @@
+"""FedEM (Marfoq et al., NeurIPS 2021): federated EM over a mixture of shared models.
+
+`config.fl.num_components` = C full models (components) are shared by all clients; client
+m's model is the mixture p_m(y|x) = Σ_c π_mc p_c(y|x) with its own weights π_m (state,
+[M, C]). One loop step is one round; each sampled client, on its round's K minibatches:
+
+  1. E-step: responsibilities q_ic ∝ π_mc p_c(y_i|x_i) of every component for every
+     example, with the components as broadcast (round start);
+  2. M-step for π: π_m <- mean_i q_i (over the round's K × B examples);
+  3. M-step for the components: K steps of `config.client_optimizer` on each component,
+     minimizing mean_i q_ic CE_c(x_i, y_i) (all components vmapped, fresh optimizer states);
+
+then the server averages each component over the sampled clients (weights w_m
+renormalized) and applies `config.server_optimizer` to the negated mean delta of the
+stacked components (FedOpt form, as FedAvg). Task m is evaluated with its mixture; the
+logits returned are log p_m(y|x), so argmax and cross-entropy apply unchanged.
+
+Simplifications (stated in docs/algorithms.md): the E-step and π update use the round's
+minibatches, not the client's whole dataset; a server `grad_clip_norm` clips the stacked
+components jointly. With C = 1 every responsibility is 1 and FedEM is FedAvg.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.mtsl import count_params, task_weights
+
+
+@flax.struct.dataclass
+class FedEMState:
+  """Attributes: step, rng, server (components stacked [C, ...] and the server optimizer
+  state), pi (mixture weights, float32 [M, C])."""
+  step: jax.Array
+  rng: jax.Array
+  server: split.SideState
+  pi: jax.Array
+
+
+def _class_log_probs(logits: jax.Array, num_classes: jax.Array) -> jax.Array:
+  """log p(y|x) over a task's own label space (the other classes get ~ -1e9)."""
+  valid = jnp.arange(logits.shape[-1]) < jnp.expand_dims(num_classes, -1)
+  return jax.nn.log_softmax(jnp.where(valid, logits, -1e9), axis=-1)
+
+
+def build(config, federation: data.Federation) -> Algorithm:
+  """FedEM from a validated config and its federation.
+
+  Args:
+    config: experiment config (model, fl, both optimizers, batch size, seed).
+    federation: the clients' data.
+
+  Returns:
+    An Algorithm whose state is a FedEMState.
+  """
+  num_classes_M = np.asarray(federation.num_classes, np.int32)
+  num_clients = len(num_classes_M)
+  input_shape = tuple(federation.input_shape)
+  model = local_training.make_full_model(config.model, int(num_classes_M.max()))
+  num_components, local_steps = config.fl.num_components, config.fl.local_steps
+  sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
+  client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
+  server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
+  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
+  classes = jnp.asarray(num_classes_M)
+
+  def init_state():
+    # Component c starts from init_key(seed, c): component 0 is FedAvg's initial model.
+    # A Python loop, not vmap: C is small and the unbatched initializers compile in less
+    # than half the time on CPU.
+    components = [local_training.init_model(model, local_training.init_key(config.seed, c),
+                                            input_shape) for c in range(num_components)]
+    components = jax.tree.map(lambda *leaves: jnp.stack(leaves), *components)
+    return FedEMState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
+                      server=split.SideState(components, server_tx.init(components)),
+                      pi=jnp.full((num_clients, num_components), 1.0 / num_components,
+                                       jnp.float32))
+
+  def train_client(components, pi_m, x_m, y_m, k_m):
+    """One client's round: x_m [K, B, ...], y_m [K, B]."""
+    flat_x = x_m.reshape((-1,) + x_m.shape[2:])
+    flat_y = y_m.reshape(-1)
+    # E-step at the broadcast components: log π_mc p_c(y|x_i) for every class, [C, K*B, L].
+    joint_all = jnp.log(pi_m)[:, None, None] + jax.vmap(
+        lambda p: _class_log_probs(model.apply(p, flat_x), k_m))(components)
+    joint = jnp.take_along_axis(joint_all, flat_y[None, :, None], axis=-1)[..., 0]
+    log_mix = jax.nn.logsumexp(joint, axis=0)  # log p_m(y_i|x_i), [K*B]
+    resp = jnp.exp(joint - log_mix[None])  # q_ic, [C, K*B]
+    new_pi = resp.mean(axis=1)
+    # The mixture's accuracy on the minibatches used (before the update).
+    mix_logits = jax.nn.logsumexp(joint_all, axis=0)
+    acc = jnp.mean(split.masked_predictions(mix_logits, k_m) == flat_y)
+    resp_K = resp.reshape((num_components,) + y_m.shape)
+
+    def train_component(params, resp_c):
+      loss_fn = lambda p, b: local_training.client_loss(model.apply(p, b[0]), b[1], k_m,
+                                                        example_weights_B=b[2])
+      return local_training.local_sgd(loss_fn, params, client_tx, (x_m, y_m, resp_c))[0]
+
+    new_components = jax.vmap(train_component)(components, resp_K)
+    return new_components, new_pi, -log_mix.mean(), acc
+
+  def step(state, train_data):
+    round_key = jax.random.fold_in(state.rng, state.step)
+    mask = federated.sample_clients(jax.random.fold_in(round_key, 1), num_clients, sampled)
+    x, y = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 0),
+                                       local_steps, config.batch_size)
+    comps_M, pi, losses, accs = jax.vmap(train_client, (None, 0, 0, 0, 0))(
+        state.server.params, state.pi, x, y, classes)
+    server, health = federated.server_step(server_tx, state.server, comps_M, weights_M, mask)
+    pi = jnp.where(mask[:, None], pi, state.pi)  # unsampled clients keep their weights
+    metrics = dict(health, **federated.round_metrics(losses[:, None], accs[:, None],
+                                                     weights_M, mask))
+    metrics["pi_entropy"] = -jnp.sum(pi * jnp.log(jnp.maximum(pi, 1e-30)), axis=1).mean()
+    metrics["finite/clients"] = federated.client_finite((comps_M, pi), losses, mask)
+    metrics["finite/server"] = federated.all_finite(server.params)
+    return state.replace(step=state.step + 1, server=server, pi=pi), metrics
+
+  def logits(state, x):
+    log_p = jax.vmap(lambda p: _class_log_probs(
+        local_training.apply_to_all(model, p, x), classes[:, None]))(state.server.params)
+    log_pi = jnp.log(state.pi).T[:, :, None, None]  # [C, M, 1, 1]
+    return jax.nn.logsumexp(log_pi + log_p, axis=0)
+
+  abstract = jax.eval_shape(init_state)
+  traffic = ledger.exchange_traffic(
+      {"down/components": abstract.server.params,
+       "up/component_deltas": abstract.server.params}, num_clients, sampled / num_clients)
+  return Algorithm(
+      name="fedem", init_state=init_state, step=step, logits=logits, traffic=traffic,
+      param_counts={"components (all)": count_params(abstract.server.params),
+                    "mixture weights (each)": num_components},
+      num_classes_M=num_classes_M,
+      fingerprint=federated.fingerprint("fedem", config, num_classes_M, input_shape,
+                                        local_steps=local_steps,
+                                        num_components=num_components))

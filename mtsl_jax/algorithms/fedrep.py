@@ -1,0 +1,125 @@
+"""FedRep (Collins et al., ICML 2021): a shared representation and personal heads.
+
+The model's blocks are cut into a body (all but the last `config.fl.fedrep_head_blocks`)
+shared through the server, and a head that never leaves its client. One loop step is one
+round: each sampled client receives the body, runs `config.fl.fedrep_head_steps` steps of
+`config.client_optimizer` on its head with the body frozen, then `config.fl.local_steps`
+steps on the body with its new head frozen (fresh optimizer states in each phase); the
+server aggregates the bodies like FedAvg (FedOpt form, `config.server_optimizer`). Task m
+is evaluated with the global body and client m's head. With 0 head blocks it is FedAvg.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtsl_jax import data, ledger, models, optimizers, split
+from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.mtsl import count_params, task_weights
+
+
+@flax.struct.dataclass
+class FedRepState:
+  """Attributes: step, rng, server (body and server optimizer state), heads ([M], personal)."""
+  step: jax.Array
+  rng: jax.Array
+  server: split.SideState
+  heads: dict
+
+
+def build(config, federation: data.Federation) -> Algorithm:
+  """FedRep from a validated config and its federation.
+
+  Args:
+    config: experiment config (model, fl, both optimizers, batch size, seed).
+    federation: the clients' data.
+
+  Returns:
+    An Algorithm whose state is a FedRepState.
+  """
+  num_classes_M = np.asarray(federation.num_classes, np.int32)
+  num_clients = len(num_classes_M)
+  input_shape = tuple(federation.input_shape)
+  blocks = models.make_blocks(config.model, int(num_classes_M.max()))
+  n_head = config.fl.fedrep_head_blocks
+  body = models.BlockStack(tuple(blocks[:len(blocks) - n_head]))
+  head = models.BlockStack(tuple(blocks[len(blocks) - n_head:]))
+  local_steps, head_steps = config.fl.local_steps, config.fl.fedrep_head_steps
+  sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
+  body_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
+  head_tx = optimizers.make_optimizer(config.client_optimizer, max(head_steps, 1))
+  server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
+  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
+  classes = jnp.asarray(num_classes_M)
+
+  def forward(body_params, head_params, x):
+    h = body.apply(body_params, x)
+    return head.apply(head_params, h) if head.blocks else h
+
+  def init_state():
+    key = local_training.init_key(config.seed)
+    body_params = local_training.init_model(body, key, input_shape)
+    head_in = local_training.output_shape(body, body_params, input_shape)
+    # Heads start equal (then stay personal); the key differs from the body's.
+    head_params = local_training.init_model(head, jax.random.fold_in(key, 1), head_in)
+    heads = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), head_params)
+    return FedRepState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
+                       server=split.SideState(body_params, server_tx.init(body_params)),
+                       heads=heads)
+
+  def step(state, train_data):
+    round_key = jax.random.fold_in(state.rng, state.step)
+    mask = federated.sample_clients(jax.random.fold_in(round_key, 1), num_clients, sampled)
+    x, y = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 0),
+                                       local_steps, config.batch_size)
+    global_body = state.server.params
+    train_heads = bool(head.blocks) and head_steps > 0
+    if train_heads:
+      hx, hy = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 2),
+                                           head_steps, config.batch_size)
+    else:  # nothing to train: placeholders of the right client axis
+      hx, hy = x[:, :0], y[:, :0]
+
+    def train_client(head_m, x_m, y_m, hx_m, hy_m, k_m):
+      head_losses = jnp.zeros((0,))
+      head_accs = jnp.zeros((0,))
+      if train_heads:
+        head_loss = lambda p, b: local_training.client_loss(forward(global_body, p, b[0]),
+                                                            b[1], k_m)
+        head_m, head_losses, head_accs = local_training.local_sgd(head_loss, head_m, head_tx,
+                                                                  (hx_m, hy_m))
+      body_loss = lambda p, b: local_training.client_loss(forward(p, head_m, b[0]), b[1], k_m)
+      body_m, losses, accs = local_training.local_sgd(body_loss, global_body, body_tx,
+                                                      (x_m, y_m))
+      return (body_m, head_m, jnp.concatenate([head_losses, losses]),
+              jnp.concatenate([head_accs, accs]))
+
+    bodies, heads, losses, accs = jax.vmap(train_client)(state.heads, x, y, hx, hy, classes)
+    server, health = federated.server_step(server_tx, state.server, bodies, weights_M, mask)
+    # Unsampled clients keep their heads.
+    heads = jax.tree.map(
+        lambda new, old: jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+        heads, state.heads)
+    metrics = dict(health, **federated.round_metrics(losses, accs, weights_M, mask))
+    metrics["finite/clients"] = federated.client_finite((bodies, heads), losses, mask)
+    metrics["finite/server"] = federated.all_finite(server.params)
+    return state.replace(step=state.step + 1, server=server, heads=heads), metrics
+
+  def logits(state, x):
+    h = local_training.apply_to_all(body, state.server.params, x)
+    return jax.vmap(head.apply)(state.heads, h) if head.blocks else h
+
+  abstract = jax.eval_shape(init_state)
+  traffic = ledger.exchange_traffic(
+      {"down/body": abstract.server.params, "up/body_delta": abstract.server.params},
+      num_clients, sampled / num_clients)
+  return Algorithm(
+      name="fedrep", init_state=init_state, step=step, logits=logits, traffic=traffic,
+      param_counts={"body (shared)": count_params(abstract.server.params),
+                    "head (each)": count_params(abstract.heads) // num_clients},
+      num_classes_M=num_classes_M,
+      fingerprint=federated.fingerprint("fedrep", config, num_classes_M, input_shape,
+                                        local_steps=local_steps, head_blocks=n_head,
+                                        head_steps=head_steps))

@@ -1,0 +1,81 @@
+"""Local-only training: every client trains its own full model on its own data.
+
+The lower reference for collaboration: nothing travels (the ledger is zero). Each step,
+every client takes one step of `config.client_optimizer` (its optimizer state kept across
+steps) on its own minibatch; all clients start from the same initial parameters as the
+other full-model baselines. Task m is evaluated with client m's model.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.mtsl import count_params, task_weights
+
+
+@flax.struct.dataclass
+class LocalState:
+  """Attributes: step (int32), rng (base key), clients (params and optimizer states, [M])."""
+  step: jax.Array
+  rng: jax.Array
+  clients: split.SideState
+
+
+def build(config, federation: data.Federation) -> Algorithm:
+  """Local-only training from a validated config and its federation.
+
+  Args:
+    config: experiment config (model, client_optimizer, batch size, seed).
+    federation: the clients' data.
+
+  Returns:
+    An Algorithm whose state is a LocalState.
+  """
+  num_classes_M = np.asarray(federation.num_classes, np.int32)
+  num_clients = len(num_classes_M)
+  input_shape = tuple(federation.input_shape)
+  model = local_training.make_full_model(config.model, int(num_classes_M.max()))
+  tx = optimizers.make_optimizer(config.client_optimizer, config.num_steps)
+  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
+  classes = jnp.asarray(num_classes_M)
+
+  def init_state():
+    params = local_training.init_model(model, local_training.init_key(config.seed),
+                                       input_shape)
+    params_M = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), params)
+    return LocalState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
+                      clients=split.SideState(params_M, jax.vmap(tx.init)(params_M)))
+
+  def client_step(params, opt_state, x, y, k):
+    loss_fn = lambda p: local_training.client_loss(model.apply(p, x), y, k)
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    finite = federated.all_finite(grads) & jnp.isfinite(loss)
+    return optax.apply_updates(params, updates), opt_state, loss, acc, finite
+
+  def step(state, train_data):
+    round_key = jax.random.fold_in(state.rng, state.step)
+    x, y = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 0), 1,
+                                       config.batch_size)
+    params, opt_state, losses, accs, finite = jax.vmap(client_step)(
+        state.clients.params, state.clients.opt_state, x[:, 0], y[:, 0], classes)
+    metrics = {"loss": jnp.sum(weights_M * losses), "task_loss": losses,
+               "task_accuracy": accs,
+               "client/param_norm": jax.vmap(optax.tree.norm)(params),
+               "finite/server": jnp.ones((), bool), "finite/clients": finite}
+    return state.replace(step=state.step + 1,
+                         clients=split.SideState(params, opt_state)), metrics
+
+  abstract = jax.eval_shape(init_state)
+  return Algorithm(
+      name="local", init_state=init_state, step=step,
+      logits=lambda state, x: jax.vmap(model.apply)(state.clients.params, x),
+      traffic=ledger.no_traffic(num_clients),
+      param_counts={"model (each)": count_params(abstract.clients.params) // num_clients},
+      num_classes_M=num_classes_M,
+      fingerprint=federated.fingerprint("local", config, num_classes_M, input_shape))

@@ -1,0 +1,220 @@
+"""SplitFed (Thapa et al., AAAI 2022), versions 1 and 2, as `Algorithm`s.
+
+The model is cut exactly as MTSL cuts it (`config.split`, any orientation): every client
+runs the client-side part (B, T) and the server the server-side part G. Unlike MTSL,
+the client-side parts are FEDERATED: one global client-side model is broadcast at the
+start of each round and the sampled clients' copies are averaged at its end (weights w_m
+renormalized over the sampled clients). One loop step is one round of
+`config.fl.local_steps` = K split steps per sampled client.
+
+* v1 (`splitfed_v1`): the server keeps one copy of G per client, trained in parallel
+  (vmapped) with that client's split steps, and averages the copies at the end of the
+  round, like the client-side parts. Both sides' optimizers restart every round.
+* v2 (`splitfed_v2`): ONE server-side G, updated by the sampled clients in turn (a
+  `lax.scan` over the clients in a random order drawn each round, each doing its K split
+  steps); its optimizer state persists across rounds. Client-side parts are still
+  averaged each round.
+
+A split step is MTSL's (`split.fused_gradients` / `protocol_gradients` on one client):
+split step j of the run draws its minibatches from `fold_in(rng, j)` exactly as MTSL's
+step j, so with one client, K = 1 and SGD, v1 and v2 are MTSL (vanilla split learning).
+
+Ledger per round, per sampled client: K times the split-step messages (smashed data, cut
+gradients, labels with a server-held head) plus the client-side model down and up; as
+expected bytes per client with sampling (see `ledger.exchange_traffic`).
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax.algorithms import federated
+from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.mtsl import count_params, task_weights
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class SplitFedState:
+  """The state of SplitFed.
+
+  Attributes:
+    step: int32 scalar, rounds taken.
+    rng: MTSL's base key; split step j draws minibatches with `fold_in(rng, j)`.
+    sample_rng: base key of the per-round client sampling and order.
+    server: global server-side parameters and (v2 only) the server optimizer state.
+    client_params: the global client-side model {'bottom': ..., 'top': ...} (no client
+      axis: it is averaged every round).
+  """
+  step: jax.Array
+  rng: jax.Array
+  sample_rng: jax.Array
+  server: split.SideState
+  client_params: PyTree
+
+
+def _broadcast(tree, num_clients: int):
+  return jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), tree)
+
+
+def build_v1(config, federation: data.Federation) -> Algorithm:
+  """SplitFed v1: per-client server-side copies trained in parallel, then averaged."""
+  return _build(config, federation, version=1)
+
+
+def build_v2(config, federation: data.Federation) -> Algorithm:
+  """SplitFed v2: one server-side model updated by the clients in turn."""
+  return _build(config, federation, version=2)
+
+
+def _build(config, federation: data.Federation, version: int) -> Algorithm:
+  """SplitFed from a validated config and its federation.
+
+  Args:
+    config: experiment config (model, split, fl, both optimizers, batch size, seed).
+    federation: the clients' data.
+    version: 1 or 2.
+
+  Returns:
+    An Algorithm whose state is a SplitFedState.
+  """
+  name = f"splitfed_v{version}"
+  num_classes_M = np.asarray(federation.num_classes, np.int32)
+  num_clients = len(num_classes_M)
+  input_shape = tuple(federation.input_shape)
+  model = split.make_split_model(config.model, config.split, int(num_classes_M.max()))
+  local_steps = config.fl.local_steps
+  sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
+  client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
+  # v1's server copies restart every round like the clients; v2's server model persists
+  # and takes K steps per sampled client per round.
+  server_tx = optimizers.make_optimizer(
+      config.server_optimizer,
+      local_steps if version == 1 else config.num_steps * local_steps * sampled)
+  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
+  classes = jnp.asarray(num_classes_M)
+  gradients = (split.fused_gradients if config.split.implementation == "fused"
+               else split.protocol_gradients)
+
+  def init_state():
+    root = jax.random.PRNGKey(config.seed)
+    # As MTSL's initialization (split.init_state); the global client-side model is what
+    # MTSL would give client 0.
+    server_params, client_params = split.init_params(model, jax.random.fold_in(root, 0),
+                                                     input_shape, 1)
+    client_params = jax.tree.map(lambda p: p[0], client_params)
+    opt_state = server_tx.init(server_params) if version == 2 else ()
+    return SplitFedState(step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(root, 1),
+                         sample_rng=jax.random.fold_in(root, 2),
+                         server=split.SideState(server_params, opt_state),
+                         client_params=client_params)
+
+  def split_step(sp, cp, s_opt, c_opt, x, y, k):
+    """One split step of one client: x [B, ...], y [B]; returns updated parts and metrics."""
+    g_s, g_c, loss, acc = gradients(model, sp, _broadcast(cp, 1), x[None], y[None], k[None],
+                                    jnp.ones((1,), jnp.float32))[:4]
+    g_c = jax.tree.map(lambda g: g[0], g_c)
+    u_s, s_opt = server_tx.update(g_s, s_opt, sp)
+    u_c, c_opt = client_tx.update(g_c, c_opt, cp)
+    return (optax.apply_updates(sp, u_s), optax.apply_updates(cp, u_c), s_opt, c_opt,
+            loss[0], acc[0])
+
+  def client_round(sp, cp, s_opt, x_K, y_K, k):
+    """K split steps of one client from the given server-side state and client model."""
+    def one(carry, batch):
+      sp, cp, s_opt, c_opt = carry
+      sp, cp, s_opt, c_opt, loss, acc = split_step(sp, cp, s_opt, c_opt, *batch, k)
+      return (sp, cp, s_opt, c_opt), (loss, acc)
+
+    (sp, cp, s_opt, _), (losses, accs) = jax.lax.scan(
+        one, (sp, cp, s_opt, client_tx.init(cp)), (x_K, y_K))
+    return sp, cp, s_opt, losses, accs
+
+  def round_v1(state, x, y, mask):
+    sp, s_opt = state.server.params, server_tx.init(state.server.params)
+    sp_M, cp_M, _, losses, accs = jax.vmap(client_round, (None, None, None, 0, 0, 0))(
+        sp, state.client_params, s_opt, x, y, classes)
+    server_params = federated.weighted_mean(sp_M, weights_M, mask)
+    return split.SideState(server_params, ()), cp_M, losses, accs
+
+  def round_v2(state, x, y, mask, order):
+    def one_client(carry, m):
+      sp, s_opt = carry
+      new_sp, cp, new_opt, losses, accs = client_round(sp, state.client_params, s_opt, x[m],
+                                                       y[m], classes[m])
+      # An unsampled client's turn leaves the server model as it was.
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(mask[m], a, b), new, old)
+      return (keep(new_sp, sp), keep(new_opt, s_opt)), (cp, losses, accs)
+
+    (sp, s_opt), outs = jax.lax.scan(one_client, (state.server.params, state.server.opt_state),
+                                     order)
+    # Outputs come in turn order; put them back in client order.
+    cp_M, losses, accs = jax.tree.map(lambda a: a[jnp.argsort(order)], outs)
+    return split.SideState(sp, s_opt), cp_M, losses, accs
+
+  def step(state, train_data):
+    first = state.step * local_steps
+    xs, ys = jax.vmap(lambda j: data.sample_batches(
+        train_data, jax.random.fold_in(state.rng, first + j), config.batch_size))(
+            jnp.arange(local_steps))
+    x, y = jnp.swapaxes(xs, 0, 1), jnp.swapaxes(ys, 0, 1)  # [M, K, B, ...]
+    round_key = jax.random.fold_in(state.sample_rng, state.step)
+    mask = federated.sample_clients(jax.random.fold_in(round_key, 0), num_clients, sampled)
+    if version == 1:
+      server, cp_M, losses, accs = round_v1(state, x, y, mask)
+    else:
+      order = jax.random.permutation(jax.random.fold_in(round_key, 1), num_clients)
+      server, cp_M, losses, accs = round_v2(state, x, y, mask, order)
+    client_params = federated.weighted_mean(cp_M, weights_M, mask)
+    metrics = federated.round_metrics(losses, accs, weights_M, mask)
+    metrics.update({
+        "server/param_norm": optax.tree.norm(server.params),
+        "client/param_norm": optax.tree.norm(client_params),
+        "finite/server": federated.all_finite(server.params),
+        "finite/clients": federated.client_finite(cp_M, losses, mask)})
+    return state.replace(step=state.step + 1, server=server,
+                         client_params=client_params), metrics
+
+  def logits(state, x):
+    return model.logits(state.server.params, _broadcast(state.client_params, x.shape[0]), x)
+
+  abstract = jax.eval_shape(init_state)
+  traffic = _traffic(model, abstract, num_classes_M, config.batch_size, input_shape,
+                     local_steps, sampled / num_clients)
+  return Algorithm(
+      name=name, init_state=init_state, step=step, logits=logits, traffic=traffic,
+      param_counts={"server": count_params(abstract.server.params),
+                    "client_bottom (global)": count_params(abstract.client_params["bottom"]),
+                    "client_top (global)": count_params(abstract.client_params["top"])},
+      num_classes_M=num_classes_M,
+      fingerprint=federated.fingerprint(
+          name, config, num_classes_M, input_shape, local_steps=local_steps,
+          split={k: config.split[k] for k in ("orientation", "client_bottom_blocks",
+                                              "client_top_blocks")}))
+
+
+def _traffic(model: split.SplitModel, abstract: SplitFedState, num_classes_M, batch_size: int,
+             input_shape, local_steps: int, participation: float) -> ledger.StepTraffic:
+  """Per round: K split steps' protocol messages plus the client-side model down and up."""
+  num_clients = len(num_classes_M)
+  x = jax.ShapeDtypeStruct((num_clients, batch_size) + tuple(input_shape), jnp.float32)
+  y = jax.ShapeDtypeStruct((num_clients, batch_size), jnp.int32)
+
+  def messages(sp, cp, x, y):
+    return split.protocol_gradients(model, sp, _broadcast(cp, num_clients), x, y,
+                                    jnp.asarray(num_classes_M),
+                                    jnp.full((num_clients,), 1.0 / num_clients))[4]
+
+  per_step = ledger.traffic_from_messages(
+      jax.eval_shape(messages, abstract.server.params, abstract.client_params, x, y))
+  exchange = ledger.exchange_traffic(
+      {"down/client_model": abstract.client_params,
+       "up/client_model_delta": abstract.client_params}, num_clients, participation)
+  return ledger.sum_traffic(ledger.scale_traffic(per_step, local_steps * participation),
+                            exchange)
