@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(results[1].eval_metrics["test/accuracy"],
                                results[8].eval_metrics["test/accuracy"])
-    for algorithm in ("fedavg", "local", "splitfed_v1", "fedem"):
+    for algorithm in ("fedavg", "splitfed_v1"):
       runs = []
       for devices in (1, 4):
         config = load_config("test")
