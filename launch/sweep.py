@@ -2,7 +2,9 @@
 
 The sweep file defines `get_config()` (the base experiment) and `get_sweep()` (field ->
 list of values; 'seed' included). Rerunning the same command skips finished runs and
-resumes interrupted ones. DIR/summary.csv holds one row per run.
+resumes interrupted ones. DIR/summary.csv holds one row per run. `--vmap_seeds` trains
+the seeds of otherwise equal combinations as one vmapped program (see mtsl_jax/seed_batch.py;
+seeds that cannot share a program run one after another); results match, to float rounding.
 """
 
 import importlib.util
@@ -19,6 +21,8 @@ from mtsl_jax import exit_codes, sweeps
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file with get_config() and get_sweep().")
 _DIR = flags.DEFINE_string("dir", None, "Sweep directory (default workdirs/sweeps/<name>).")
+_VMAP_SEEDS = flags.DEFINE_bool("vmap_seeds", False,
+                                "Train the seeds of each combination as one vmapped program.")
 
 
 def main(argv):
@@ -34,7 +38,8 @@ def main(argv):
   sweep_dir = _DIR.value or f"workdirs/sweeps/{pathlib.Path(_SWEEP.value).stem}"
   rows = []
   status = exit_codes.run_reporting_errors(lambda: rows.extend(
-      sweeps.run_sweep(module.get_config(), module.get_sweep(), sweep_dir)))
+      sweeps.run_sweep(module.get_config(), module.get_sweep(), sweep_dir,
+                       vmap_seeds=_VMAP_SEEDS.value)))
   if status:
     return status
   best = sweeps.best_run(rows)

@@ -5,6 +5,13 @@ any other). `run_sweep` runs every combination with `train.train_and_evaluate` i
 `<sweep_dir>/<run name>/`: a finished run (its `result.json` exists) is skipped, an
 interrupted one resumes from its checkpoints, and `<sweep_dir>/summary.csv` gets one row
 per run with the overrides and the final metrics.
+
+With `vmap_seeds=True`, combinations that differ only in 'seed' form a group trained as
+one vmapped program by `seed_batch.train_seeds` (or one after another when
+`seed_batch.can_vmap_seeds` says the seeds cannot share a program). Every seed still gets
+its own workdir, result.json and summary row, exactly as without it; the group's stacked
+checkpoints live in `<sweep_dir>/seed_groups/<name>_seeds=<s0,s1,...>/`, so an interrupted
+group resumes. Only the seeds without a result.json are grouped on a rerun.
 """
 
 import copy
@@ -18,7 +25,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from mtsl_jax import train, validation
+from mtsl_jax import seed_batch, train, validation
 
 SUMMARY_FIELDS = ("test/accuracy_mean", "test/accuracy_weighted", "test/accuracy_worst",
                   "test/loss_mean")
@@ -83,7 +90,8 @@ def _row(overrides: dict, eval_metrics: dict, train_metrics: dict) -> dict:
 
 def run_sweep(base_config: ml_collections.ConfigDict, sweep: dict[str, list],
               sweep_dir: str | pathlib.Path,
-              train_fn: Callable = train.train_and_evaluate) -> list[dict]:
+              train_fn: Callable = train.train_and_evaluate,
+              vmap_seeds: bool = False) -> list[dict]:
   """Runs (or resumes, or skips) every combination and writes summary.csv.
 
   All combinations are validated before the first run starts, so a typo in the last
@@ -93,7 +101,10 @@ def run_sweep(base_config: ml_collections.ConfigDict, sweep: dict[str, list],
     base_config: the experiment config the overrides apply to.
     sweep: field -> list of values.
     sweep_dir: directory holding one workdir per run and summary.csv.
-    train_fn: the training function (tests pass a counting wrapper).
+    train_fn: the training function (tests pass a counting wrapper); with `vmap_seeds`,
+      also the fallback for seeds that cannot share a program, and used for a group
+      left with one unfinished seed.
+    vmap_seeds: train the seeds of otherwise equal combinations as one vmapped program.
 
   Returns:
     The summary rows, one per run, in sweep order.
@@ -103,22 +114,55 @@ def run_sweep(base_config: ml_collections.ConfigDict, sweep: dict[str, list],
   configs = [apply_overrides(base_config, o) for o in combos]
   for config in configs:
     validation.validate_config(config)
-  rows = []
-  for overrides, config in zip(combos, configs):
-    workdir = sweep_dir / run_name(overrides)
-    result_path = workdir / "result.json"
-    if result_path.exists():
-      rows.append(json.loads(result_path.read_text()))
-      continue
-    print(f"sweep: {workdir.name}", flush=True)
-    result = train_fn(config, workdir, verbose=False)
-    row = _row(overrides, result.eval_metrics, result.train_metrics)
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row))
-    os.replace(tmp, result_path)  # written last: its presence means the run finished
-    rows.append(row)
+  rows = [None] * len(combos)
+  for group in _groups(combos, vmap_seeds and "seed" in sweep):
+    pending = []
+    for i in group:
+      result_path = sweep_dir / run_name(combos[i]) / "result.json"
+      if result_path.exists():
+        rows[i] = json.loads(result_path.read_text())
+      else:
+        pending.append(i)
+    if len(pending) > 1:
+      seeds = [configs[i].seed for i in pending]
+      rest = {k: v for k, v in combos[pending[0]].items() if k != "seed"}
+      workdirs = [sweep_dir / run_name(combos[i]) for i in pending]
+      print(f"sweep: {', '.join(w.name for w in workdirs)} (seeds vmapped)", flush=True)
+      group_dir = (sweep_dir / "seed_groups" /
+                   f"{run_name(rest)}_seeds={','.join(map(str, seeds))}")
+      results = seed_batch.train_seeds(configs[pending[0]], seeds, workdirs,
+                                       group_dir=group_dir, fallback_fn=train_fn)
+      for i, result in zip(pending, results):
+        rows[i] = _finish_run(sweep_dir, combos[i], result)
+    elif pending:
+      i = pending[0]
+      print(f"sweep: {run_name(combos[i])}", flush=True)
+      result = train_fn(configs[i], sweep_dir / run_name(combos[i]), verbose=False)
+      rows[i] = _finish_run(sweep_dir, combos[i], result)
   _write_csv(rows, sweep_dir / "summary.csv")
   return rows
+
+
+def _groups(combos: list[dict], by_seed: bool) -> list[list[int]]:
+  """Indices of the combinations run together: equal but for 'seed', or one each."""
+  if not by_seed:
+    return [[i] for i in range(len(combos))]
+  groups = {}
+  for i, overrides in enumerate(combos):
+    key = json.dumps({k: v for k, v in overrides.items() if k != "seed"}, sort_keys=True,
+                     default=str)
+    groups.setdefault(key, []).append(i)
+  return list(groups.values())
+
+
+def _finish_run(sweep_dir: pathlib.Path, overrides: dict, result) -> dict:
+  """The run's summary row, also written to its result.json (last: it marks it done)."""
+  row = _row(overrides, result.eval_metrics, result.train_metrics)
+  result_path = sweep_dir / run_name(overrides) / "result.json"
+  tmp = result_path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(row))
+  os.replace(tmp, result_path)  # written last: its presence means the run finished
+  return row
 
 
 def _write_csv(rows: list[dict], path: pathlib.Path) -> None:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
 from mtsl_jax import algorithms, checkpointing, data, evaluation, loop, metric_writers
@@ -93,9 +94,24 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   os.replace(tmp, workdir / "config.json")
 
 
-def _train_summary(summary: dict, algorithm, step: int) -> dict:
+def _param_norms(state) -> dict:
+  """Parameter norms of the state's server and (per client) client sides, where present."""
+  norms = {}
+  if hasattr(getattr(state, "server", None), "params"):
+    norms["server/param_norm"] = optax.tree.norm(state.server.params)
+  if hasattr(getattr(state, "clients", None), "params"):
+    norms["client/param_norm"] = jax.vmap(optax.tree.norm)(state.clients.params)
+  return norms
+
+
+_param_norms_jit = jax.jit(_param_norms)
+
+
+def _train_summary(summary: dict, algorithm, state, step: int) -> dict:
   out = {k: np.asarray(v) for k, v in summary.items()
          if k not in ("steps_run", "bad_step", "bad_server", "bad_clients")}
+  for key, value in jax.device_get(_param_norms_jit(state)).items():
+    out.setdefault(key, np.asarray(value))  # algorithms may report their own
   out.update(algorithm.traffic.cumulative(step))
   return out
 
@@ -189,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         writer.write_timing(step, {"chunk_seconds": elapsed,
                                    "steps_per_second": int(summary["steps_run"]) / elapsed})
         if step % config.log_every == 0 or step == config.num_steps:
-          train_metrics = _train_summary(summary, algorithm, step)
+          train_metrics = _train_summary(summary, algorithm, state, step)
           writer.write(step, train_metrics)
           bar.set_postfix(loss=f"{float(train_metrics['loss']):.4f}")
         if step % config.eval_every == 0 or step == config.num_steps:
