@@ -132,7 +132,7 @@ def bench_loop(config, federation, steps: int) -> float:
   ys = [jnp.asarray(y[:config.batch_size]) for y in federation.train_y]
 
   def one_step():
-    nonlocal sp, clients
+    nonlocal sp
     grads = []
     for m in range(m_count):
       g, clients[m] = client_step(sp, clients[m], xs[m], ys[m])

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from mtsl_jax import algorithms, checkpointing, data, evaluation, loop, metric_writers
-from mtsl_jax import sharding, train, validation
+from mtsl_jax import train, validation
 from mtsl_jax.algorithms import mtsl
 
 PyTree = Any
@@ -277,15 +277,8 @@ def _train_group(configs, feds, algs, workdirs, group_dir, verbose) -> list[trai
           eval_metrics = evaluate_now(group)
           for w, m in zip(writers, eval_metrics):
             w.write(step, m)
-        if step % config.checkpoint_every == 0 or step == config.num_steps:
-          checkpointer.save(step, group.states)
-        if stop["signal"] is not None:
-          checkpointer.save(step, group.states)
-          checkpointer.wait()
-          raise train.TrainingInterrupted(
-              f"stopped by signal {stop['signal']} at step {step}; group checkpoint written "
-              f"to {checkpointer.directory}; rerun the same command to resume",
-              stop["signal"])
+        train.checkpoint_at_boundary(checkpointer, config, step, group.states,
+                                     stop["signal"], "rerun the same command to resume")
     if eval_metrics is None:  # resumed a finished group: evaluate what was restored
       eval_metrics = evaluate_now(group)
     checkpointer.wait()

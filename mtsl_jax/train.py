@@ -87,6 +87,30 @@ def _stop_on_signals():
     yield requested
 
 
+def checkpoint_at_boundary(checkpointer: checkpointing.Checkpointer, config, step: int,
+                           state, signum: int | None, how_to_resume: str) -> None:
+  """Saves at checkpoint steps and the last step; on a pending signal saves and stops.
+
+  Args:
+    checkpointer: the run's checkpointer.
+    config: the experiment config (checkpoint_every, num_steps).
+    step: the step just reached (a chunk boundary).
+    state: the state to save.
+    signum: the signal received during the chunk, or None.
+    how_to_resume: the end of the interruption message.
+
+  Raises:
+    TrainingInterrupted: a signal arrived; the checkpoint is on disk.
+  """
+  if step % config.checkpoint_every == 0 or step == config.num_steps:
+    checkpointer.save(step, state)
+  if signum is not None:
+    checkpointer.save(step, state)
+    checkpointer.wait()
+    raise TrainingInterrupted(f"stopped by signal {signum} at step {step}; checkpoint "
+                              f"written to {checkpointer.directory}; {how_to_resume}", signum)
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """Records the run's config as `<workdir>/config.json` (plots and sweeps read it)."""
   tmp = workdir / "config.json.tmp"
@@ -213,15 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           writer.write(step, eval_metrics)
           bar.set_postfix(loss=f"{float(summary['loss']):.4f}",
                           acc=f"{eval_metrics['test/accuracy_mean']:.3f}")
-        if step % config.checkpoint_every == 0 or step == config.num_steps:
-          checkpointer.save(step, state)
-        if stop["signal"] is not None:
-          checkpointer.save(step, state)
-          checkpointer.wait()
-          raise TrainingInterrupted(
-              f"stopped by signal {stop['signal']} at step {step}; checkpoint written to "
-              f"{checkpointer.directory}; rerun with the same --workdir to resume",
-              stop["signal"])
+        checkpoint_at_boundary(checkpointer, config, step, state, stop["signal"],
+                               "rerun with the same --workdir to resume")
     if eval_metrics is None:  # resumed a finished run: evaluate what was restored
       eval_metrics = evaluate_now(state)
     checkpointer.wait()

@@ -1,6 +1,5 @@
 """The baselines: known answers between methods, hand-counted ledgers, end-to-end runs."""
 
-import pathlib
 import shutil
 
 import jax

@@ -4,7 +4,6 @@ import pathlib
 
 import nbclient
 import nbformat
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_TFDS = ROOT.parent / "shared" / "tfds"

@@ -2,9 +2,7 @@
 divergence, bad data files, and determinism — through the real launcher where it matters."""
 
 import json
-import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys

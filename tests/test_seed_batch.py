@@ -5,7 +5,6 @@ config run the ordinary way (recording each seed's TrainResult) and with `vmap_s
 """
 
 import json
-import pathlib
 import shutil
 
 import jax

@@ -1,8 +1,10 @@
 """The interface every training algorithm implements."""
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtsl_jax import ledger
@@ -33,3 +35,37 @@ class Algorithm:
   num_classes_M: np.ndarray
   fingerprint: dict
 
+
+
+def task_weights(scheme: str, train_counts_M: np.ndarray) -> np.ndarray:
+  """w_m of the objective: 'uniform' (1/M) or 'data_size' (n_m / Σ n)."""
+  counts = np.asarray(train_counts_M, np.float64)
+  w = np.full_like(counts, 1.0 / len(counts)) if scheme == "uniform" else counts / counts.sum()
+  return w.astype(np.float32)
+
+
+class TaskSetup(NamedTuple):
+  """What every algorithm derives from the federation before building its model.
+
+  Attributes:
+    num_classes_M: label-space size per task, int32 numpy [M] (sizes the head).
+    num_clients: M.
+    input_shape: shape of one example.
+    weights_M: task weights w_m on the device, float32 [M].
+    classes: `num_classes_M` on the device, for the masked losses.
+  """
+  num_classes_M: np.ndarray
+  num_clients: int
+  input_shape: tuple[int, ...]
+  weights_M: jax.Array
+  classes: jax.Array
+
+
+def task_setup(config, federation) -> TaskSetup:
+  """The TaskSetup of a validated config and its `data.Federation`."""
+  num_classes_M = np.asarray(federation.num_classes, np.int32)
+  return TaskSetup(
+      num_classes_M=num_classes_M, num_clients=len(num_classes_M),
+      input_shape=tuple(federation.input_shape),
+      weights_M=jnp.asarray(task_weights(config.split.task_weights, federation.train_counts)),
+      classes=jnp.asarray(num_classes_M))

@@ -12,14 +12,14 @@ evaluated with the one model.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from mtsl_jax import data, ledger, optimizers, split
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.fedavg import GlobalModelState
-from mtsl_jax.algorithms.mtsl import count_params, task_weights
+from mtsl_jax.algorithms.base import task_setup
+from mtsl_jax.algorithms.mtsl import count_params
 
 
 def build(config, federation: data.Federation) -> Algorithm:
@@ -32,13 +32,10 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a `fedavg.GlobalModelState`.
   """
-  num_classes_M = np.asarray(federation.num_classes, np.int32)
-  num_clients = len(num_classes_M)
-  input_shape = tuple(federation.input_shape)
+  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
+                                                                        federation)
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
   tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
-  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
-  classes = jnp.asarray(num_classes_M)
 
   def init_state():
     params = local_training.init_model(model, local_training.init_key(config.seed),

@@ -10,12 +10,12 @@ learning rate 1 is plain FedAvg). Every task is evaluated with the global model.
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mtsl_jax import data, ledger, optimizers, split
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
-from mtsl_jax.algorithms.mtsl import count_params, task_weights
+from mtsl_jax.algorithms.base import task_setup
+from mtsl_jax.algorithms.mtsl import count_params
 
 
 @flax.struct.dataclass
@@ -42,17 +42,14 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a GlobalModelState.
   """
-  num_classes_M = np.asarray(federation.num_classes, np.int32)
-  num_clients = len(num_classes_M)
-  input_shape = tuple(federation.input_shape)
+  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
+                                                                        federation)
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
   local_steps = config.fl.local_steps
   sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
   # The client optimizer restarts every round, so its schedule spans one round's steps.
   client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
-  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
-  classes = jnp.asarray(num_classes_M)
 
   def init_state():
     params = local_training.init_model(model, local_training.init_key(config.seed),

@@ -23,12 +23,12 @@ components jointly. With C = 1 every responsibility is 1 and FedEM is FedAvg.
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mtsl_jax import data, ledger, optimizers, split
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
-from mtsl_jax.algorithms.mtsl import count_params, task_weights
+from mtsl_jax.algorithms.base import task_setup
+from mtsl_jax.algorithms.mtsl import count_params
 
 
 @flax.struct.dataclass
@@ -57,16 +57,13 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a FedEMState.
   """
-  num_classes_M = np.asarray(federation.num_classes, np.int32)
-  num_clients = len(num_classes_M)
-  input_shape = tuple(federation.input_shape)
+  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
+                                                                        federation)
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
   num_components, local_steps = config.fl.num_components, config.fl.local_steps
   sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
   client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
-  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
-  classes = jnp.asarray(num_classes_M)
 
   def init_state():
     # Component c starts from init_key(seed, c): component 0 is FedAvg's initial model.

@@ -12,12 +12,12 @@ is evaluated with the global body and client m's head. With 0 head blocks it is 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mtsl_jax import data, ledger, models, optimizers, split
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
-from mtsl_jax.algorithms.mtsl import count_params, task_weights
+from mtsl_jax.algorithms.base import task_setup
+from mtsl_jax.algorithms.mtsl import count_params
 
 
 @flax.struct.dataclass
@@ -39,9 +39,8 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a FedRepState.
   """
-  num_classes_M = np.asarray(federation.num_classes, np.int32)
-  num_clients = len(num_classes_M)
-  input_shape = tuple(federation.input_shape)
+  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
+                                                                        federation)
   blocks = models.make_blocks(config.model, int(num_classes_M.max()))
   n_head = config.fl.fedrep_head_blocks
   body = models.BlockStack(tuple(blocks[:len(blocks) - n_head]))
@@ -51,8 +50,6 @@ def build(config, federation: data.Federation) -> Algorithm:
   body_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   head_tx = optimizers.make_optimizer(config.client_optimizer, max(head_steps, 1))
   server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
-  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
-  classes = jnp.asarray(num_classes_M)
 
   def forward(body_params, head_params, x):
     h = body.apply(body_params, x)

@@ -9,13 +9,13 @@ other full-model baselines. Task m is evaluated with client m's model.
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from mtsl_jax import data, ledger, optimizers, split
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
-from mtsl_jax.algorithms.mtsl import count_params, task_weights
+from mtsl_jax.algorithms.base import task_setup
+from mtsl_jax.algorithms.mtsl import count_params
 
 
 @flax.struct.dataclass
@@ -36,13 +36,10 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a LocalState.
   """
-  num_classes_M = np.asarray(federation.num_classes, np.int32)
-  num_clients = len(num_classes_M)
-  input_shape = tuple(federation.input_shape)
+  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
+                                                                        federation)
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
   tx = optimizers.make_optimizer(config.client_optimizer, config.num_steps)
-  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
-  classes = jnp.asarray(num_classes_M)
 
   def init_state():
     params = local_training.init_model(model, local_training.init_key(config.seed),

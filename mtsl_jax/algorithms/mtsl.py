@@ -5,14 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtsl_jax import data, ledger, optimizers, split
-from mtsl_jax.algorithms.base import Algorithm
-
-
-def task_weights(scheme: str, train_counts_M: np.ndarray) -> np.ndarray:
-  """w_m of the objective: 'uniform' (1/M) or 'data_size' (n_m / Σ n)."""
-  counts = np.asarray(train_counts_M, np.float64)
-  w = np.full_like(counts, 1.0 / len(counts)) if scheme == "uniform" else counts / counts.sum()
-  return w.astype(np.float32)
+from mtsl_jax.algorithms.base import Algorithm, task_weights  # noqa: F401 (re-exported)
 
 
 def count_params(tree) -> int:

@@ -29,13 +29,13 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from mtsl_jax import data, ledger, optimizers, split
 from mtsl_jax.algorithms import federated
 from mtsl_jax.algorithms.base import Algorithm
-from mtsl_jax.algorithms.mtsl import count_params, task_weights
+from mtsl_jax.algorithms.base import task_setup
+from mtsl_jax.algorithms.mtsl import count_params
 
 PyTree = Any
 
@@ -85,9 +85,8 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
     An Algorithm whose state is a SplitFedState.
   """
   name = f"splitfed_v{version}"
-  num_classes_M = np.asarray(federation.num_classes, np.int32)
-  num_clients = len(num_classes_M)
-  input_shape = tuple(federation.input_shape)
+  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
+                                                                        federation)
   model = split.make_split_model(config.model, config.split, int(num_classes_M.max()))
   local_steps = config.fl.local_steps
   sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
@@ -97,8 +96,6 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
   server_tx = optimizers.make_optimizer(
       config.server_optimizer,
       local_steps if version == 1 else config.num_steps * local_steps * sampled)
-  weights_M = jnp.asarray(task_weights(config.split.task_weights, federation.train_counts))
-  classes = jnp.asarray(num_classes_M)
   gradients = (split.fused_gradients if config.split.implementation == "fused"
                else split.protocol_gradients)
 

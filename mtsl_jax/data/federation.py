@@ -139,7 +139,7 @@ def build_federation_from_datasets(datasets, data_config, seed: int) -> Federati
                     f"{len(datasets)} datasets ({data_config.name}).")
   shapes = {d.x_train.shape[1:] for d in datasets}
   if len(shapes) > 1:
-    raise DataError(f"data.name: mixed datasets must share one input shape, got "
+    raise DataError("data.name: mixed datasets must share one input shape, got "
                     + ", ".join(f"{d.name} {d.x_train.shape[1:]}" for d in datasets))
   raw = []
   for g, (dataset, size) in enumerate(zip(datasets, group_sizes(num_clients, len(datasets)))):
