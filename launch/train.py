@@ -5,6 +5,11 @@ Any field can be overridden, e.g. `--config.server_optimizer.learning_rate=0.05`
 one line naming the field and exit with status 2 (so do unreadable or mismatched
 checkpoints); divergence exits with status 3; SIGINT/SIGTERM finish the current chunk of
 steps, checkpoint and exit with status 130/143 (rerun with the same --workdir to resume).
+
+Multi-process (multi-host) runs start every process with the same command plus
+`--distributed` (TPU pods, SLURM, Open MPI: the cluster is detected) or
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; see docs/scaling.md.
+Bad combinations of these flags print one line naming the flag and exit with status 2.
 """
 
 import pathlib
@@ -17,12 +22,22 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
-from mtsl_jax import exit_codes, train
+from mtsl_jax import distributed, exit_codes, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<name>.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", "workdirs/default", "Directory for checkpoints and metrics; reruns resume.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-process run: call jax.distributed.initialize(), detecting "
+    "the cluster (TPU pod, SLURM, Open MPI); the flags below override what is detected.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator (manual multi-process "
+    "setup; needs --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
+_LOCAL_DEVICES = flags.DEFINE_list(
+    "local_device_ids", None, "Local devices this process uses, e.g. 0 (one GPU per process).")
 
 
 def main(argv):
@@ -32,6 +47,15 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   if _CONFIG.value is None:
     print("error: --config is required, e.g. --config configs/default.py", file=sys.stderr)
+    return 2
+  try:
+    # Before anything touches a JAX backend: jax.distributed refuses to start afterwards.
+    distributed.initialize(distributed.DistributedArgs(
+        auto=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+        local_device_ids=_LOCAL_DEVICES.value))
+  except distributed.DistributedSetupError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   return exit_codes.run_reporting_errors(
       lambda: train.train_and_evaluate(_CONFIG.value, _WORKDIR.value))

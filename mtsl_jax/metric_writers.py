@@ -76,6 +76,19 @@ class MetricWriter:
       self._tb.close()
 
 
+class DiscardingWriter:
+  """MetricWriter's interface, writing nothing (processes other than 0 of a multi-process run)."""
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    del step, metrics
+
+  def write_timing(self, step: int, timing: dict[str, float]) -> None:
+    del step, timing
+
+  def close(self) -> None:
+    pass
+
+
 def _truncate_after(path: pathlib.Path, step: int) -> None:
   """Drops records with a step after `step`, atomically (write aside, then rename)."""
   if not path.exists():

@@ -10,6 +10,9 @@ Metrics reach the host only at chunk ends. A non-finite loss or gradient stops t
 with `loop.NonFiniteError` naming the step and side; SIGINT/SIGTERM finish the current
 chunk, write a checkpoint and raise `TrainingInterrupted`, so a rerun on the same workdir
 resumes exactly.
+
+Multi-process runs (after `distributed.initialize`) execute this same function in every
+process over one mesh of all devices; only process 0 writes files and prints.
 """
 
 import contextlib
@@ -30,7 +33,7 @@ import optax
 import tqdm
 
 from mtsl_jax import algorithms, checkpointing, data, evaluation, loop, metric_writers
-from mtsl_jax import sharding, validation
+from mtsl_jax import distributed, sharding, validation
 
 
 class TrainingInterrupted(RuntimeError):
@@ -134,7 +137,7 @@ _param_norms_jit = jax.jit(_param_norms)
 def _train_summary(summary: dict, algorithm, state, step: int) -> dict:
   out = {k: np.asarray(v) for k, v in summary.items()
          if k not in ("steps_run", "bad_step", "bad_server", "bad_clients")}
-  for key, value in jax.device_get(_param_norms_jit(state)).items():
+  for key, value in sharding.to_host(_param_norms_jit(state)).items():
     out.setdefault(key, np.asarray(value))  # algorithms may report their own
   out.update(algorithm.traffic.cumulative(step))
   return out
@@ -169,9 +172,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     TrainingInterrupted: SIGINT/SIGTERM; the state was checkpointed first.
   """
   validation.validate_config(config)
+  primary = distributed.is_primary()
+  verbose = verbose and primary
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  _write_config(config, workdir)
+  if primary:
+    _write_config(config, workdir)
   federation = data.build_federation(config.data, config.seed)
   validation.validate_label_spaces(config, federation.num_classes)
   algorithm = algorithms.build_algorithm(config, federation)
@@ -191,14 +197,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                             config.max_checkpoints_to_keep)
   writer = None
   try:
+    # The state is created, or restored, directly in its final placement (in a
+    # multi-process run no process could read back the whole state to place it).
+    abstract = jax.eval_shape(algorithm.init_state)
+    shardings = sharding.state_shardings(abstract, mesh, federation.num_clients)
     if checkpointer.latest_step() is not None:
-      state = checkpointer.restore(jax.eval_shape(algorithm.init_state))
+      state = checkpointer.restore(jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings))
     else:
-      state = jax.jit(algorithm.init_state)()
-    if mesh is not None:
-      state = sharding.shard_state(state, mesh, federation.num_clients)
-    step = int(state.step)
-    writer = metric_writers.MetricWriter(workdir, start_step=step)
+      state = jax.jit(algorithm.init_state, out_shardings=shardings)()
+    step = int(sharding.to_host(state.step))
+    writer = (metric_writers.MetricWriter(workdir, start_step=step) if primary
+              else metric_writers.DiscardingWriter())
     if verbose:
       print(f"mtsl_jax: {config.algorithm} on {federation.description}\n"
             f"  devices: {jax.devices()}"
@@ -210,18 +220,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             f"{config.num_steps} steps; workdir {workdir}", flush=True)
 
     def evaluate_now(state):
-      raw = jax.device_get(evaluate(state, test_x, test_y, test_counts))
+      raw = sharding.to_host(evaluate(state, test_x, test_y, test_counts))
       return evaluation.summarize(raw, federation.test_counts)
 
     train_metrics, eval_metrics = {}, None
     bar = tqdm.tqdm(total=config.num_steps, initial=step, unit="step", dynamic_ncols=True,
-                    disable=not config.progress_bar, file=sys.stderr)
+                    disable=not (config.progress_bar and primary), file=sys.stderr)
     with _stop_on_signals() as stop, bar:
       while step < config.num_steps:
         target = _next_boundary(step, config)
         t0 = time.perf_counter()
         state, summary = run_steps(state, train_data, jnp.asarray(target - step, jnp.int32))
-        summary = jax.device_get(summary)
+        summary = sharding.to_host(summary)
         loop.raise_if_diverged(summary)
         elapsed = time.perf_counter() - t0
         bar.update(target - step)
@@ -237,7 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           writer.write(step, eval_metrics)
           bar.set_postfix(loss=f"{float(summary['loss']):.4f}",
                           acc=f"{eval_metrics['test/accuracy_mean']:.3f}")
-        checkpoint_at_boundary(checkpointer, config, step, state, stop["signal"],
+        checkpoint_at_boundary(checkpointer, config, step, state,
+                               distributed.signal_on_any_process(stop["signal"]),
                                "rerun with the same --workdir to resume")
     if eval_metrics is None:  # resumed a finished run: evaluate what was restored
       eval_metrics = evaluate_now(state)

@@ -32,6 +32,17 @@ SCRIPT = textwrap.dedent("""
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(results[1].eval_metrics["test/accuracy"],
                                results[8].eval_metrics["test/accuracy"])
+    # Rerunning the finished sharded run restores its checkpoint straight into place, on
+    # the same devices or on one.
+    for devices in (8, 1):
+      config.parallel.client_devices = devices
+      resumed = train.train_and_evaluate(config, f"{sys.argv[1]}/d8", verbose=False)
+      leaf = jax.tree.leaves(resumed.state.clients.params)[0]
+      assert len(leaf.sharding.device_set) == devices, leaf.sharding
+      for a, b in zip(jax.tree.leaves(results[8].state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+      np.testing.assert_allclose(resumed.eval_metrics["test/accuracy"],
+                                 results[8].eval_metrics["test/accuracy"])
     for algorithm in ("fedavg", "splitfed_v1"):
       runs = []
       for devices in (1, 4):
