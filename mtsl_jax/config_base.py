@@ -83,6 +83,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Convolutions: 'xla' (lax.conv), 'patches' (shifted views + one matmul; much faster on
   # CPU, above all vmapped over clients) or 'auto' (patches on CPU, xla on GPU/TPU).
   c.model.conv_impl = "auto"
+  # Clients of different widths (mtsl only; mlp or cnn): () = every client the same model;
+  # else ((M_1, r_1), (M_2, r_2), ...) with Σ M_g = data.num_clients: the next M_g clients,
+  # in client order, form group g, whose free client blocks (every client bottom block but
+  # the one at the cut, every client top block but the head) have r_g times the configured
+  # width (rounded, >= 1). The cut shapes and the server part stay as configured.
+  c.model.client_width_groups = ()
 
   c.split = ml_collections.ConfigDict()
   # 'bottom': clients hold the input blocks, the server the rest and the loss.

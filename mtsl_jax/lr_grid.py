@@ -81,6 +81,7 @@ def build_problem(config: ml_collections.ConfigDict, federation: data.Federation
   Builds the same split model, task weights and client multipliers as
   `algorithms.mtsl.build`, with `injectable_optimizer` in place of the configured ones.
   """
+  validation.require_one_client_architecture(config, "the learning-rate grid")
   num_classes = np.asarray(federation.num_classes, np.int32)
   multipliers = config.split.client_lr_multipliers or (1.0,) * federation.num_clients
   ctx = split.StepContext(

@@ -30,6 +30,7 @@ import optax
 
 from mtsl_jax import data
 from mtsl_jax import split
+from mtsl_jax import validation
 from mtsl_jax.algorithms import mtsl
 
 PyTree = Any
@@ -224,6 +225,7 @@ def config_smoothness(config, federation, state: split.SplitState, batch_size: i
     A dict of host values: 'constants' (BlockSmoothness), 'weights' [M], 'server_lr',
     'client_lrs' [M] (learning rate times multiplier) and 'sharpness' (Λ of those rates).
   """
+  validation.require_one_client_architecture(config, "the smoothness estimate")
   num_classes = jnp.asarray(federation.num_classes, jnp.int32)
   model = split.make_split_model(config.model, config.split, int(num_classes.max()))
   weights = jnp.asarray(mtsl.task_weights(config.split.task_weights, federation.train_counts))

@@ -18,10 +18,15 @@ Two implementations of the same gradients:
 
 Client parameters and optimizer states are stacked along a leading client axis [M, ...]
 and all client work is `jax.vmap`-ed; the server part runs once on the stacked smashed
-data of all tasks.
+data of all tasks. With client groups of different widths (`client_groups.py`) a client
+tree is a tuple over groups of such stacked trees; the model's methods (`client_bottom`,
+`client_top`, `client_parts`, `init`) and the layout functions here (`map_clients`,
+`scale_clients`, `per_client_norms`) handle both, so the gradients and the step below are
+written once for both.
 """
 
 import dataclasses
+import itertools
 from typing import Any, Callable
 
 import flax
@@ -53,7 +58,8 @@ class SplitState:
       resumed run draws exactly the batches an uninterrupted one would.
     server: φ and the server optimizer state.
     clients: ψ_1..ψ_M as {'bottom': ..., 'top': ...} and the client optimizer states,
-      every leaf with a leading client axis of size M.
+      every leaf with a leading client axis of size M; with client groups
+      (`client_groups.py`) a tuple over groups of such trees, group g's leaves [M_g, ...].
   """
   step: jax.Array
   rng: jax.Array
@@ -124,8 +130,23 @@ class SplitModel:
 
   def logits(self, server_params: PyTree, client_params: PyTree, x: jax.Array) -> jax.Array:
     """F_m(x_m) for every task: x [M, B, ...] -> logits [M, B, C]."""
-    smashed = self.client_bottom(client_params["bottom"], x)
-    return self.client_top(client_params["top"], self.server_part(server_params, smashed))
+    bottom, top = self.client_parts(client_params)
+    return self.client_top(top, self.server_part(server_params, self.client_bottom(bottom, x)))
+
+  # The client-parameter layout: one tree stacked over all M clients.
+
+  def client_parts(self, client_params: PyTree) -> tuple[PyTree, PyTree]:
+    """(bottom, top) parameters of all clients, as `client_bottom` / `client_top` take them."""
+    return client_params["bottom"], client_params["top"]
+
+  def join_client_parts(self, bottom: PyTree, top: PyTree) -> PyTree:
+    """The inverse of `client_parts` (for gradients computed part by part)."""
+    return {"bottom": bottom, "top": top}
+
+  def init(self, key: jax.Array, input_shape: tuple[int, ...],
+           num_clients: int) -> tuple[PyTree, PyTree]:
+    """Initial (φ, ψ); see `init_params`."""
+    return init_params(self, key, input_shape, num_clients)
 
 
 def make_split_model(model_config, split_config, num_classes: int) -> SplitModel:
@@ -137,9 +158,14 @@ def make_split_model(model_config, split_config, num_classes: int) -> SplitModel
     num_classes: head size, the largest label space over the tasks.
 
   Returns:
-    A SplitModel.
+    A SplitModel: one client architecture (`model.client_width_groups` is not read;
+    `client_groups.make_split_model` builds mixed widths).
   """
-  blocks = models.make_blocks(model_config, num_classes)
+  return cut_blocks(models.make_blocks(model_config, num_classes), split_config)
+
+
+def cut_blocks(blocks: list, split_config) -> SplitModel:
+  """The SplitModel of a block list cut as `split_config` says (first b, last t blocks)."""
   b, t = split_config.client_bottom_blocks, split_config.client_top_blocks
   n = len(blocks)
   return SplitModel(bottom=models.BlockStack(tuple(blocks[:b])),
@@ -149,7 +175,7 @@ def make_split_model(model_config, split_config, num_classes: int) -> SplitModel
 
 
 def init_params(split: SplitModel, key: jax.Array, input_shape: tuple[int, ...],
-                num_clients: int) -> tuple[PyTree, PyTree]:
+                num_clients: int, first_client: int = 0) -> tuple[PyTree, PyTree]:
   """Initial φ and stacked ψ; every client gets its own initialization.
 
   Args:
@@ -157,6 +183,9 @@ def init_params(split: SplitModel, key: jax.Array, input_shape: tuple[int, ...],
     key: PRNG key; server and clients use keys folded in from it.
     input_shape: shape of one example.
     num_clients: M.
+    first_client: index of the first client; client m's key depends on its index alone,
+      so a group of clients starting at `first_client` gets the parameters those clients
+      would get in one stacked model of the same architecture.
 
   Returns:
     (server_params, client_params) with client leaves of leading size M.
@@ -182,7 +211,8 @@ def init_params(split: SplitModel, key: jax.Array, input_shape: tuple[int, ...],
     top, _ = init_part(split.top, jax.random.fold_in(k, 1), server_out)
     return {"bottom": bottom, "top": top}
 
-  client_keys = jax.vmap(lambda m: jax.random.fold_in(k_clients, m))(jnp.arange(num_clients))
+  client_keys = jax.vmap(lambda m: jax.random.fold_in(k_clients, m))(
+      first_client + jnp.arange(num_clients))
   return server_params, jax.vmap(init_client)(client_keys)
 
 
@@ -198,6 +228,46 @@ def per_task_losses(split: SplitModel, server_params: PyTree, client_params: PyT
 def _per_client_scale(tree: PyTree, scale_M: jax.Array) -> PyTree:
   return jax.tree.map(lambda g: g * scale_M.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype),
                       tree)
+
+
+# A client tree (parameters, gradients, updates) is stacked over clients [M, ...], or, with
+# client groups, a tuple over groups of stacked trees in client order. The three functions
+# below are the only ones that look at which; a Python loop over the (few) groups runs at
+# trace time, inside the one jitted step.
+
+
+def map_clients(fn: Callable, client_tree: PyTree, *others: PyTree) -> tuple:
+  """`fn` vmapped over the clients of each group.
+
+  Args:
+    fn: one client's slices -> a TUPLE of output trees (e.g. an optimizer's update).
+    client_tree: a client tree; its layout (stacked or grouped) decides the others'.
+    *others: trees laid out the same way (e.g. optimizer states: one per group).
+
+  Returns:
+    The tuple of `fn`'s outputs, each laid out like `client_tree`.
+  """
+  if not isinstance(client_tree, tuple):
+    return jax.vmap(fn)(client_tree, *others)
+  per_group = [jax.vmap(fn)(*trees) for trees in zip(client_tree, *others)]
+  return tuple(tuple(outputs) for outputs in zip(*per_group))
+
+
+def scale_clients(client_tree: PyTree, scale_M: jax.Array) -> PyTree:
+  """Client m's slice of a client tree times scale_M[m] (scale_M in client order)."""
+  if not isinstance(client_tree, tuple):
+    return _per_client_scale(client_tree, scale_M)
+  sizes = [jax.tree.leaves(t)[0].shape[0] for t in client_tree]
+  starts = [0, *itertools.accumulate(sizes)]
+  return tuple(_per_client_scale(t, scale_M[s:s + n])
+               for t, s, n in zip(client_tree, starts, sizes))
+
+
+def per_client_norms(client_tree: PyTree) -> jax.Array:
+  """The norm of each client's slice of a client tree, float [M] in client order."""
+  if not isinstance(client_tree, tuple):
+    return jax.vmap(optax.tree.norm)(client_tree)
+  return jnp.concatenate([jax.vmap(optax.tree.norm)(t) for t in client_tree])
 
 
 def fused_gradients(split: SplitModel, server_params: PyTree, client_params: PyTree,
@@ -224,7 +294,7 @@ def fused_gradients(split: SplitModel, server_params: PyTree, client_params: PyT
   fn = lambda sp, cp: per_task_losses(split, sp, cp, x, y, num_classes_M)
   losses, vjp_fn, accs = jax.vjp(fn, server_params, client_params, has_aux=True)
   g_server, g_clients = vjp_fn(weights_M.astype(losses.dtype))
-  return g_server, _per_client_scale(g_clients, 1.0 / weights_M), losses, accs
+  return g_server, scale_clients(g_clients, 1.0 / weights_M), losses, accs
 
 
 def protocol_gradients(split: SplitModel, server_params: PyTree, client_params: PyTree,
@@ -249,14 +319,15 @@ def protocol_gradients(split: SplitModel, server_params: PyTree, client_params: 
     'up/...' and 'down/...' names to the arrays sent, each with a leading client axis.
   """
   messages = {}
+  bottom_params, top_params = split.client_parts(client_params)
   # 1. Client forward.
   if split.client_has_bottom:
-    smashed, bottom_vjp = jax.vjp(lambda p: split.client_bottom(p, x), client_params["bottom"])
+    smashed, bottom_vjp = jax.vjp(lambda p: split.client_bottom(p, x), bottom_params)
     messages["up/smashed"] = smashed
   else:
     smashed = x
     messages["up/inputs"] = x
-  g_top = client_params["top"]  # {} stays {} when the server holds the head
+  g_top = top_params  # {} stays {} when the server holds the head
   # 2. Server forward and backward (with the client top in between when it has one).
   if split.server_computes_loss:
     messages["up/labels"] = y
@@ -278,8 +349,7 @@ def protocol_gradients(split: SplitModel, server_params: PyTree, client_params: 
       losses = jax.vmap(masked_cross_entropy)(logits, y, num_classes_M)
       return losses, (masked_predictions(logits, num_classes_M[:, None]) == y).mean(axis=1)
 
-    losses, top_vjp, accs = jax.vjp(client_losses, client_params["top"], server_out,
-                                    has_aux=True)
+    losses, top_vjp, accs = jax.vjp(client_losses, top_params, server_out, has_aux=True)
     g_top, top_cut_grad = top_vjp(jnp.ones_like(losses))
     messages["up/cut_gradients"] = top_cut_grad
     g_server, _ = server_vjp(_per_client_scale(top_cut_grad, weights_M))
@@ -289,8 +359,8 @@ def protocol_gradients(split: SplitModel, server_params: PyTree, client_params: 
     messages["down/cut_gradients"] = cut_grad
     (g_bottom,) = bottom_vjp(cut_grad)
   else:
-    g_bottom = client_params["bottom"]  # {}
-  return g_server, {"bottom": g_bottom, "top": g_top}, losses, accs, messages
+    g_bottom = bottom_params  # {}
+  return g_server, split.join_client_parts(g_bottom, g_top), losses, accs, messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +368,7 @@ class StepContext:
   """Everything a step needs besides the state and the data (static for a run).
 
   Attributes:
-    split: the split model.
+    split: the split model (a SplitModel, or a `client_groups.GroupedSplitModel`).
     server_tx, client_tx: the two optax optimizers.
     num_classes_M: label-space size per task, int32 [M].
     weights_M: task weights w_m, float32 [M], positive, summing to one.
@@ -335,13 +405,14 @@ def init_state(ctx: StepContext, seed: int, input_shape: tuple[int, ...]) -> Spl
     A SplitState.
   """
   root = jax.random.PRNGKey(seed)
-  server_params, client_params = init_params(
-      ctx.split, jax.random.fold_in(root, 0), input_shape, ctx.num_classes_M.shape[0])
+  server_params, client_params = ctx.split.init(
+      jax.random.fold_in(root, 0), input_shape, ctx.num_classes_M.shape[0])
+  (client_opt,) = map_clients(lambda p: (ctx.client_tx.init(p),), client_params)
   return SplitState(
       step=jnp.zeros((), jnp.int32),
       rng=jax.random.fold_in(root, 1),
       server=SideState(server_params, ctx.server_tx.init(server_params)),
-      clients=SideState(client_params, jax.vmap(ctx.client_tx.init)(client_params)))
+      clients=SideState(client_params, client_opt))
 
 
 def apply_gradients(ctx: StepContext, state: SplitState, g_server: PyTree,
@@ -349,10 +420,11 @@ def apply_gradients(ctx: StepContext, state: SplitState, g_server: PyTree,
   """One optimizer step on each side; returns the new state and health metrics."""
   server, clients = state.server, state.clients
   upd_s, opt_s = ctx.server_tx.update(g_server, server.opt_state, server.params)
-  upd_c, opt_c = jax.vmap(ctx.client_tx.update)(g_clients, clients.opt_state, clients.params)
+  upd_c, opt_c = map_clients(ctx.client_tx.update, g_clients, clients.opt_state,
+                             clients.params)
   # A per-client multiplier on the final update is a per-client learning rate for every
   # optimizer here (the learning rate is the last scaling each of them applies).
-  upd_c = _per_client_scale(upd_c, ctx.lr_multipliers_M)
+  upd_c = scale_clients(upd_c, ctx.lr_multipliers_M)
   new_state = state.replace(
       step=state.step + 1,
       server=SideState(optax.apply_updates(server.params, upd_s), opt_s),
@@ -362,7 +434,7 @@ def apply_gradients(ctx: StepContext, state: SplitState, g_server: PyTree,
   # ~40% of the step's time (benchmarks/RESULTS.md). Parameter norms are reported at log
   # steps from the state instead (train.py).
   health = {"server/grad_norm": optax.tree.norm(g_server),
-            "client/grad_norm": jax.vmap(optax.tree.norm)(g_clients)}
+            "client/grad_norm": per_client_norms(g_clients)}
   return new_state, health
 
 

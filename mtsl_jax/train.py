@@ -33,7 +33,7 @@ import optax
 import tqdm
 
 from mtsl_jax import algorithms, checkpointing, data, evaluation, loop, metric_writers
-from mtsl_jax import distributed, sharding, validation
+from mtsl_jax import distributed, sharding, split, validation
 
 
 class TrainingInterrupted(RuntimeError):
@@ -127,7 +127,7 @@ def _param_norms(state) -> dict:
   if hasattr(getattr(state, "server", None), "params"):
     norms["server/param_norm"] = optax.tree.norm(state.server.params)
   if hasattr(getattr(state, "clients", None), "params"):
-    norms["client/param_norm"] = jax.vmap(optax.tree.norm)(state.clients.params)
+    norms["client/param_norm"] = split.per_client_norms(state.clients.params)
   return norms
 
 

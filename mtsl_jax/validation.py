@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from mtsl_jax import algorithms, config_base, models, optimizers, split
+from mtsl_jax import algorithms, client_groups, config_base, models, optimizers, split
 
 ALGORITHMS = tuple(algorithms.ALGORITHMS)
 SPLIT_ALGORITHMS = ("mtsl", "splitfed_v1", "splitfed_v2")  # the ones config.split cuts
@@ -181,6 +181,49 @@ def _check_split(c) -> None:
                       "clients (orientation 'top' or 'u_shaped'); with 'bottom' use 0")
 
 
+def _check_client_groups(c) -> None:
+  """`model.client_width_groups`: well formed, covering the clients, with a width to vary."""
+  groups, field = c.model.client_width_groups, "model.client_width_groups"
+  if not groups:
+    return
+  is_count = lambda n: isinstance(n, int) and not isinstance(n, bool) and n >= 1
+  is_ratio = lambda r: isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf
+  if not all(isinstance(g, (tuple, list)) and len(g) == 2 and is_count(g[0]) and is_ratio(g[1])
+             for g in groups):
+    raise ConfigError(field, "must be () or a tuple of (num_clients, width_multiplier) pairs, "
+                      f"num_clients an integer >= 1, width_multiplier a number > 0; got {groups!r}")
+  if c.algorithm != "mtsl":
+    raise ConfigError(field, f"must be () with algorithm {c.algorithm!r}: only 'mtsl' trains "
+                      "clients of different widths (the baselines average or share client "
+                      "models, which needs one architecture)")
+  if c.model.name not in ("mlp", "cnn"):
+    raise ConfigError(field, f"must be () with model.name {c.model.name!r}; client widths can "
+                      "vary in the 'mlp' and the 'cnn'")
+  if sum(n for n, _ in groups) != c.data.num_clients:
+    raise ConfigError(field, f"the group sizes must sum to data.num_clients "
+                      f"({c.data.num_clients}); got {groups!r}")
+  b, t = c.split.client_bottom_blocks, c.split.client_top_blocks
+  if not client_groups.free_client_blocks(models.num_blocks(c.model), b, t):
+    raise ConfigError(field, f"the clients hold no block of free width with client_bottom_blocks "
+                      f"{b} and client_top_blocks {t} (the bottom's last block outputs the cut, "
+                      "the top's last is the head): give the clients >= 2 bottom or top blocks")
+  if c.parallel.client_devices != 1:
+    raise ConfigError(field, "must be () when clients are sharded over devices "
+                      f"(parallel.client_devices = {c.parallel.client_devices}); use 1 device")
+
+
+def require_one_client_architecture(c, tool: str) -> None:
+  """Raises ConfigError if `c` has client groups, for tools built on one stacked group.
+
+  Args:
+    c: a validated config.
+    tool: what cannot handle groups, for the message.
+  """
+  if c.model.client_width_groups:
+    raise ConfigError("model.client_width_groups", f"must be () for {tool}, which assumes "
+                      "every client has the same architecture")
+
+
 def _check_fl(c) -> None:
   """The federated baselines' section: ranges, and FedRep's head against the model."""
   rules = [
@@ -218,6 +261,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_data_names(config)
   if config.algorithm in SPLIT_ALGORITHMS:  # the cut means nothing to unsplit methods
     _check_split(config)
+  _check_client_groups(config)
   _check_fl(config)
 
 

@@ -37,6 +37,18 @@ class Algorithm:
 
 
 
+def model_fingerprint(model_config) -> dict:
+  """The `model` config section as checkpoint fingerprints record it.
+
+  `client_width_groups` is left out while it is `()` (one client architecture), so the
+  checkpoints written before that field existed still match their configs.
+  """
+  model = model_config.to_dict()
+  if not model.get("client_width_groups"):
+    model.pop("client_width_groups", None)
+  return model
+
+
 def task_weights(scheme: str, train_counts_M: np.ndarray) -> np.ndarray:
   """w_m of the objective: 'uniform' (1/M) or 'data_size' (n_m / Σ n)."""
   counts = np.asarray(train_counts_M, np.float64)

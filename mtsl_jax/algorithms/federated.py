@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from mtsl_jax import split
+from mtsl_jax.algorithms import base
 
 PyTree = Any
 
@@ -116,5 +117,5 @@ def fingerprint(name: str, config, num_classes_M: np.ndarray, input_shape, **str
   """The checkpoint guard of a baseline: algorithm, data shape, model and its structure."""
   return {"algorithm": name, "num_clients": int(len(num_classes_M)),
           "input_shape": list(input_shape), "num_classes": np.asarray(num_classes_M).tolist(),
-          "model": config.model.to_dict(), "server_optimizer": config.server_optimizer.name,
+          "model": base.model_fingerprint(config.model), "server_optimizer": config.server_optimizer.name,
           "client_optimizer": config.client_optimizer.name, **structure}

@@ -4,12 +4,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax import data, ledger, optimizers, split
-from mtsl_jax.algorithms.base import Algorithm, task_weights  # noqa: F401 (re-exported)
+from mtsl_jax import client_groups, data, ledger, optimizers, split
+from mtsl_jax.algorithms.base import Algorithm, model_fingerprint
+from mtsl_jax.algorithms.base import task_weights  # noqa: F401 (re-exported)
 
 
 def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _client_param_counts(client_params, num_clients: int) -> dict[str, int]:
+  """Parameters of one client's bottom and top; per group when the widths differ."""
+  if not isinstance(client_params, tuple):
+    return {"client_bottom (each)": count_params(client_params["bottom"]) // num_clients,
+            "client_top (each)": count_params(client_params["top"]) // num_clients}
+  counts = {}
+  for g, group in enumerate(client_params):
+    size = jax.tree.leaves(group)[0].shape[0]
+    counts[f"client_bottom (each, group {g})"] = count_params(group["bottom"]) // size
+    counts[f"client_top (each, group {g})"] = count_params(group["top"]) // size
+  return counts
 
 
 def build(config, federation: data.Federation) -> Algorithm:
@@ -19,12 +33,16 @@ def build(config, federation: data.Federation) -> Algorithm:
     config: experiment config (`split`, `model`, both optimizers, batch size, seed).
     federation: the clients' data; its label spaces size the head.
 
+  With `config.model.client_width_groups` the model is a `client_groups.GroupedSplitModel`
+  and the client side of the state a tuple over groups; the step is the same.
+
   Returns:
     An Algorithm whose state is a `split.SplitState`.
   """
   num_classes_M = np.asarray(federation.num_classes, np.int32)
   num_clients = len(num_classes_M)
-  split_model = split.make_split_model(config.model, config.split, int(num_classes_M.max()))
+  split_model = client_groups.make_split_model(config.model, config.split,
+                                               int(num_classes_M.max()))
   multipliers = config.split.client_lr_multipliers or (1.0,) * num_clients
   ctx = split.StepContext(
       split=split_model,
@@ -43,15 +61,11 @@ def build(config, federation: data.Federation) -> Algorithm:
   y_shape = jax.ShapeDtypeStruct((num_clients, config.batch_size), jnp.int32)
   traffic = ledger.split_step_traffic(ctx, abstract, x_shape, y_shape)
 
-  client_params = abstract.clients.params
-  param_counts = {
-      "server": count_params(abstract.server.params),
-      "client_bottom (each)": count_params(client_params["bottom"]) // num_clients,
-      "client_top (each)": count_params(client_params["top"]) // num_clients,
-  }
+  param_counts = {"server": count_params(abstract.server.params),
+                  **_client_param_counts(abstract.clients.params, num_clients)}
   fingerprint = {
       "algorithm": "mtsl", "num_clients": num_clients, "input_shape": list(input_shape),
-      "num_classes": num_classes_M.tolist(), "model": config.model.to_dict(),
+      "num_classes": num_classes_M.tolist(), "model": model_fingerprint(config.model),
       "split": {k: config.split[k] for k in ("orientation", "client_bottom_blocks",
                                              "client_top_blocks")},
       "server_optimizer": config.server_optimizer.name,
