@@ -52,6 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.classes_per_client = 2     # shards: each client holds exactly this many classes
   c.data.min_examples_per_client = 10
   c.data.max_examples_per_client = 0  # cap on each client's train examples; 0 = no cap
+  # Validation split, for tuning: this share of each client's train examples is held out
+  # (never trained on). evaluate_on = 'validation' evaluates on it instead of the test set
+  # (the records keep their 'test/' names); 'test' keeps the test set.
+  c.data.validation_fraction = 0.0
+  c.data.evaluate_on = "test"       # 'test' | 'validation'
   # Per-client transforms, applied to a client's train and test data alike.
   c.data.label_permutation = False  # client m relabels classes by its own permutation
   c.data.rotation_step_degrees = 0.0  # client m's images rotated by m * step degrees

@@ -86,6 +86,10 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("data.classes_per_client", lambda v: v >= 1, "an integer >= 1"),
       ("data.min_examples_per_client", lambda v: v >= 1, "an integer >= 1"),
       ("data.max_examples_per_client", lambda v: v >= 0, "an integer >= 0 (0: no cap)"),
+      ("data.validation_fraction", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+      ("data.evaluate_on", lambda v: v == "test" or (
+          v == "validation" and c.data.validation_fraction > 0),
+       "'test', or 'validation' with data.validation_fraction > 0"),
       ("data.feature_noise_std", lambda v: v >= 0, "a number >= 0"),
       ("data.label_noise_rate", lambda v: 0 <= v < 1, "a number in [0, 1)"),
       ("data.noise_profile", *one_of(NOISE_PROFILES)),

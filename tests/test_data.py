@@ -180,6 +180,24 @@ def test_cap_keeps_a_random_subset_of_train():
     assert all(tuple(r) in rows for r in small)
 
 
+def test_validation_split_is_held_out_of_train_and_replaces_test_when_asked():
+  ds = _label_coded_dataset()
+  full = data.build_federation_from_datasets([ds], _data_config(num_clients=4), 0)
+  held = data.build_federation_from_datasets(
+      [ds], _data_config(num_clients=4, validation_fraction=0.25), 0)
+  tuned = data.build_federation_from_datasets(
+      [ds], _data_config(num_clients=4, validation_fraction=0.25, evaluate_on="validation"), 0)
+  np.testing.assert_array_equal(held.train_counts, np.round(full.train_counts * 0.75))
+  np.testing.assert_array_equal(held.test_counts, full.test_counts)  # test set untouched
+  for m in range(4):
+    np.testing.assert_array_equal(tuned.train_x[m], held.train_x[m])  # same training data
+    train_rows = {tuple(r) for r in held.train_x[m]}
+    val_rows = {tuple(r) for r in tuned.test_x[m]}
+    all_rows = {tuple(r) for r in full.train_x[m]}
+    assert not train_rows & val_rows and train_rows | val_rows == all_rows
+  assert part.hold_out(np.arange(1), 0.5, np.random.default_rng(0))[0].size == 1
+
+
 def test_federation_errors_name_the_config_field():
   ds = _image_dataset(per_class=2, num_classes=2)
   with pytest.raises(data.DataError, match="data.num_clients"):
@@ -396,7 +414,7 @@ def test_npz_missing_or_unreadable_file(tmp_path):
 def test_to_device_pads_with_zeros():
   fed = data.build_federation(_data_config(num_clients=3), 0)
   train, test = data.to_device(fed)
-  n_max = fed.train_counts.max()
+  n_max = data.padded_length(int(fed.train_counts.max()))
   assert train.x.shape == (3, n_max, 60) and train.y.dtype == jnp.int32
   np.testing.assert_array_equal(train.counts, fed.train_counts)
   np.testing.assert_array_equal(test.counts, fed.test_counts)

@@ -9,6 +9,7 @@ from mtsl_jax.data.federation import build_federation
 from mtsl_jax.data.federation import build_federation_from_datasets
 from mtsl_jax.data.federation import ClientArrays
 from mtsl_jax.data.federation import Federation
+from mtsl_jax.data.federation import padded_length
 from mtsl_jax.data.federation import sample_batches
 from mtsl_jax.data.federation import to_device
 from mtsl_jax.data.sources import ArrayDataset

@@ -212,6 +212,29 @@ def cap_examples(indices: np.ndarray, max_examples: int,
   return np.sort(rng.choice(indices, size=max_examples, replace=False))
 
 
+def hold_out(indices: np.ndarray, fraction: float,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Splits `indices` into (kept, held out), holding out round(fraction * n) at random.
+
+  At least one index is kept, and at least one held out when `fraction` > 0, so a tiny
+  client still trains and still has something to validate on.
+
+  Args:
+    indices: a client's train indices.
+    fraction: the share to hold out, in [0, 1); 0 holds out nothing.
+    rng: the client's generator.
+
+  Returns:
+    Sorted kept indices and sorted held-out indices.
+  """
+  n = indices.shape[0]
+  if fraction <= 0 or n < 2:
+    return indices, indices[:0]
+  n_out = min(max(1, int(round(fraction * n))), n - 1)
+  order = rng.permutation(n)
+  return np.sort(indices[order[n_out:]]), np.sort(indices[order[:n_out]])
+
+
 # ---- per-client transforms --------------------------------------------------------------
 
 

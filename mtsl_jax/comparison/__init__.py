@@ -1,0 +1,1 @@
+"""Reproducing the paper's comparison: grid, runner, per-run records and the report."""

@@ -1,0 +1,173 @@
+"""Runs the comparison's phases and appends one compact record per run.
+
+Phases, in order (each skips the runs already in the results file, so an interrupted
+reproduction resumes where it stopped):
+
+  * tune: for every (dataset, method) and every learning rate of `grid.LR_GRID`, seed 0
+    on the dataset's `tune_setting`, evaluated on the validation split;
+  * main: every (dataset, setting, method) with the tuned learning rate, `grid.SEEDS`
+    trained as one vmapped program (`seed_batch.train_seeds`), evaluated on the test set;
+  * noise: the tuning setting of the noise dataset with per-client feature noise and
+    label noise at `grid.NOISE` levels, same seeds and learning rates.
+
+Per-run workdirs (metrics, checkpoints) go under a scratch directory that is not kept;
+the records hold what the report needs.
+"""
+
+import dataclasses
+import pathlib
+import time
+from typing import Sequence
+
+from mtsl_jax import loop, seed_batch
+from mtsl_jax.comparison import grid, records
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+  """Where the comparison reads and writes.
+
+  Attributes:
+    results: the JSONL of run records.
+    scratch: directory for the runs' workdirs.
+    tfds_data_dir: TFDS data_dir ('' = TFDS's default).
+    npz_dir: directory of the npz files (the CIFAR-10 subset check).
+  """
+  results: pathlib.Path
+  scratch: pathlib.Path
+  tfds_data_dir: str = ""
+  npz_dir: str = ""
+
+
+def _run_group(paths: Paths, *, phase: str, dataset: str, setting: str, method: str,
+               lr: float, seeds: Sequence[int], noise: tuple[str, float] | None = None,
+               budget_steps: int | None = None, verbose: bool = True) -> list[dict]:
+  """Trains one (phase, dataset, setting, noise, method, lr) for `seeds`; records them."""
+  out = records.ResultsFile(paths.results)
+  base = {"phase": phase, "dataset": dataset, "setting": setting, "method": method,
+          "lr": lr, "noise": list(noise) if noise else None}
+  done = out.done()
+  todo = [s for s in seeds if records.run_key(dict(base, seed=s)) not in done]
+  if not todo:
+    return []
+  config = grid.make_config(dataset, setting, method, lr, tune=phase == "tune", noise=noise,
+                            budget_steps=budget_steps, tfds_data_dir=paths.tfds_data_dir,
+                            npz_dir=paths.npz_dir)
+  noise_part = f"_{noise[0]}={noise[1]:g}" if noise else ""
+  group = paths.scratch / phase / dataset / f"{setting}{noise_part}" / method / f"lr={lr:g}"
+  workdirs = [group / f"seed={s}" for s in todo]
+  start = time.perf_counter()
+  per = grid.METHODS[method].client_steps_per_step
+  common = dict(num_steps=config.num_steps, budget_client_steps=config.num_steps * per,
+                batch_size=config.batch_size, seeds_in_group=len(todo))
+  try:
+    seed_batch.train_seeds(config, todo, workdirs, group_dir=group / "seed_group")
+  except loop.NonFiniteError as e:
+    # A learning rate of the grid may diverge: that is a result (the tuning skips it, the
+    # report says so), not a reason to stop the reproduction. The vmapped seeds share one
+    # loop, so the whole group stops.
+    new = [dict(base, seed=s, diverged=str(e).splitlines()[0], curve=None, final=None,
+                wall_seconds_group=round(time.perf_counter() - start, 2), **common)
+           for s in todo]
+  else:
+    wall = round(time.perf_counter() - start, 2)
+    new = [dict(base, seed=s, diverged=None, wall_seconds_group=wall, **common,
+                **records.read_run(w, per)) for s, w in zip(todo, workdirs)]
+  out.append(new)
+  wall = time.perf_counter() - start
+  if verbose:
+    accs = " ".join("diverged" if r["final"] is None else f"{r['final']['accuracy_mean']:.3f}"
+                    for r in new)
+    print(f"[{phase}] {dataset}/{setting}{noise_part} {method} lr={lr:g} seeds={todo}: "
+          f"acc {accs} ({wall:.0f} s)", flush=True)
+  return new
+
+
+def tuned_learning_rates(all_records: list[dict]) -> dict[tuple[str, str], float]:
+  """(dataset, method) -> the grid value with the best final validation accuracy.
+
+  Ties go to the smaller learning rate (the safer one).
+
+  Args:
+    all_records: records of the results file.
+
+  Returns:
+    The choice for every (dataset, method) with tuning records.
+  """
+  best: dict[tuple[str, str], tuple[float, float]] = {}
+  for r in all_records:
+    if r["phase"] != "tune":
+      continue
+    key = (r["dataset"], r["method"])
+    score = -1.0 if r["final"] is None else r["final"]["accuracy_mean"]  # diverged: last
+    if key not in best or score > best[key][0] or (score == best[key][0] and r["lr"] < best[key][1]):
+      best[key] = (score, r["lr"])
+  return {k: lr for k, (_, lr) in best.items()}
+
+
+def run_tuning(paths: Paths, datasets: Sequence[str], methods: Sequence[str],
+               budget_steps: int | None = None) -> dict[tuple[str, str], float]:
+  """The tune phase; returns the tuned learning rates (see `tuned_learning_rates`)."""
+  for dataset in datasets:
+    spec = grid.DATASETS[dataset]
+    for method in methods:
+      for lr in grid.LR_GRID:
+        _run_group(paths, phase="tune", dataset=dataset, setting=spec.tune_setting,
+                   method=method, lr=lr, seeds=(0,), budget_steps=budget_steps)
+  return tuned_learning_rates(records.ResultsFile(paths.results).load())
+
+
+def run_main(paths: Paths, datasets: Sequence[str], methods: Sequence[str],
+             lrs: dict[tuple[str, str], float], seeds: Sequence[int] = grid.SEEDS,
+             budget_steps: int | None = None) -> None:
+  """The main phase: every setting of every dataset, every method, all seeds."""
+  for dataset in datasets:
+    for setting in grid.DATASETS[dataset].settings:
+      for method in methods:
+        _run_group(paths, phase="main", dataset=dataset, setting=setting, method=method,
+                   lr=lrs[(dataset, method)], seeds=seeds, budget_steps=budget_steps)
+
+
+def run_noise(paths: Paths, dataset: str, methods: Sequence[str],
+              lrs: dict[tuple[str, str], float], seeds: Sequence[int] = grid.SEEDS,
+              levels: dict[str, Sequence[float]] | None = None,
+              budget_steps: int | None = None) -> None:
+  """The noise phase on `dataset`'s tuning setting (noise level 0 is its main run)."""
+  setting = grid.DATASETS[dataset].tune_setting
+  for field, values in (levels or grid.NOISE).items():
+    for level in values:
+      for method in methods:
+        _run_group(paths, phase="noise", dataset=dataset, setting=setting, method=method,
+                   lr=lrs[(dataset, method)], seeds=seeds, noise=(field, level),
+                   budget_steps=budget_steps)
+
+
+def preflight(datasets: Sequence[str], methods: Sequence[str], noise_dataset: str | None,
+              budget_steps: int | None = None) -> int:
+  """Builds (and so validates) the config of every run before anything trains.
+
+  Args:
+    datasets: keys of grid.DATASETS.
+    methods: keys of grid.METHODS.
+    noise_dataset: the dataset of the noise phase, or None.
+    budget_steps: the budget override, if any.
+
+  Returns:
+    The number of runs (seeds counted) the phases will make, at most.
+
+  Raises:
+    validation.ConfigError: naming the first bad name or budget.
+  """
+  runs = 0
+  for dataset in datasets + ([noise_dataset] if noise_dataset else []):
+    if dataset not in grid.DATASETS:
+      grid.make_config(dataset, "iid", "fedavg", 0.1)  # raises the named error
+  for dataset in datasets:
+    spec = grid.DATASETS[dataset]
+    for method in methods:
+      for setting in spec.settings:
+        grid.make_config(dataset, setting, method, grid.LR_GRID[0], budget_steps=budget_steps)
+      runs += len(grid.LR_GRID) + len(spec.settings) * len(grid.SEEDS)
+  if noise_dataset:
+    runs += len(methods) * sum(map(len, grid.NOISE.values())) * len(grid.SEEDS)
+  return runs
