@@ -25,6 +25,9 @@ BAD = [
     ({"data.label_noise_rate": 1.0}, "data.label_noise_rate"),
     ({"data.feature_noise_std": -0.1}, "data.feature_noise_std"),
     ({"data.noise_profile": "quadratic"}, "data.noise_profile"),
+    ({"data.validation_fraction": 1.0}, "data.validation_fraction"),
+    ({"data.evaluate_on": "validation"}, "data.evaluate_on"),  # nothing held out
+    ({"data.evaluate_on": "train"}, "data.evaluate_on"),
     ({"data.rotation_step_degrees": 15.0}, "data.rotation_step_degrees"),
     ({"data.synthetic.num_classes": 1}, "data.synthetic.num_classes"),
     ({"data.synthetic.test_fraction": 1.0}, "data.synthetic.test_fraction"),
