@@ -184,6 +184,12 @@ def _setup(all_records: Sequence[dict]) -> list[str]:
         if spec.model["name"] == "mlp" else spec.model["name"].upper()
     lines.append(f"| {d} | {spec.note} | {model} | {spec.tune_setting} | "
                  f"{', '.join(map(str, budget))} |")
+  loads = [r["load_1min"] for r in all_records if "load_1min" in r]
+  machines = sorted({f"{r['device']}, {r['cpus']} CPUs" for r in all_records if "device" in r})
+  if machines:
+    lines += ["", f"Machine: {'; '.join(machines)}. Wall times are as measured: the 1-minute "
+              f"load average when a cell started was {np.median(loads):.1f} (median; "
+              f"{min(loads):.1f} to {max(loads):.1f}), so they compare methods only roughly."]
   tuning = analysis.tuning_table(all_records)
   if tuning:
     lines += ["", "Validation accuracy per learning rate (the chosen one bold):", "",

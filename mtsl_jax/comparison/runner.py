@@ -15,9 +15,12 @@ the records hold what the report needs.
 """
 
 import dataclasses
+import os
 import pathlib
 import time
 from typing import Sequence
+
+import jax
 
 from mtsl_jax import loop, seed_batch
 from mtsl_jax.comparison import grid, records
@@ -58,8 +61,11 @@ def _run_group(paths: Paths, *, phase: str, dataset: str, setting: str, method: 
   workdirs = [group / f"seed={s}" for s in todo]
   start = time.perf_counter()
   per = grid.METHODS[method].client_steps_per_step
+  # The wall time means little without the machine and how busy it was.
   common = dict(num_steps=config.num_steps, budget_client_steps=config.num_steps * per,
-                batch_size=config.batch_size, seeds_in_group=len(todo))
+                batch_size=config.batch_size, seeds_in_group=len(todo),
+                device=f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
+                cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 2))
   try:
     seed_batch.train_seeds(config, todo, workdirs, group_dir=group / "seed_group")
   except loop.NonFiniteError as e:
