@@ -28,6 +28,12 @@ def test_every_method_gets_the_same_budget_and_evaluation_points(method):
   assert tuned.data.evaluate_on == "validation"
 
 
+def test_the_whole_grid_builds_valid_configs():
+  # Every dataset's budget must divide among every method's rounds and evaluations.
+  runs = runner.preflight(list(grid.DATASETS), list(grid.METHODS), "mnist")
+  assert runs > len(grid.DATASETS) * len(grid.METHODS)
+
+
 def test_bad_names_and_budgets_name_the_field():
   with pytest.raises(validation.ConfigError, match="setting"):
     grid.make_config("mnist", "dirichlet_9", "fedavg", 0.1)

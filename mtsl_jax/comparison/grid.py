@@ -138,11 +138,11 @@ DATASETS: dict[str, DatasetSpec] = {
                             "dirichlet_0.3", 3000, "gpu", "CIFAR-100, complete (TFDS data_dir)"),
     "cifar10_subset": DatasetSpec(
         {"source": "npz", "npz_path": "cifar10_partial.npz"}, _MLP, ("dirichlet_0.3",),
-        "dirichlet_0.3", 150, "check",
+        "dirichlet_0.3", 200, "check",
         "CIFAR-10 SUBSET: the first 4000 train / 1000 test images only (npz), MLP; "
         "a CPU-sized check, not the paper's CIFAR-10 setting"),
     "synthetic": DatasetSpec({"source": "synthetic"}, {"name": "mlp", "hidden_sizes": (32, 32)},
-                             ("synthetic",), "synthetic", 150, "check",
+                             ("synthetic",), "synthetic", 200, "check",
                              "embedded Synthetic(1, 1) (tests and quick demos)"),
 }
 
