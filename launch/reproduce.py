@@ -24,7 +24,7 @@ from absl import logging
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
 from mtsl_jax import exit_codes
-from mtsl_jax.comparison import grid, report, runner
+from mtsl_jax.comparison import analysis, grid, records, report, runner
 
 _CPU = [name for name, spec in grid.DATASETS.items() if spec.where == "cpu"]
 _PHASES = flags.DEFINE_list("phases", ["tune", "main", "noise", "report"],
@@ -50,7 +50,7 @@ def _reproduce() -> None:
                        tfds_data_dir=_TFDS.value, npz_dir=_NPZ.value)
   if phases - {"report"}:
     print(f"reproduce: up to {runs} runs; records in {paths.results}", flush=True)
-  lrs = runner.tuned_learning_rates(runner.records.ResultsFile(paths.results).load())
+  lrs = analysis.tuned_learning_rates(records.ResultsFile(paths.results).load())
   if "tune" in phases:
     lrs = runner.run_tuning(paths, _DATASETS.value + ([noise_dataset] if noise_dataset and
                                                       noise_dataset not in _DATASETS.value

@@ -105,7 +105,7 @@ def test_tuning_picks_the_best_rate_and_skips_diverged_ones():
                final=None, curve=None, diverged="non-finite"),
           _record("local", "dirichlet_0.3", 0, [0.9], phase="tune", lr=0.3),
           _record("local", "dirichlet_0.3", 0, [0.9], phase="tune", lr=0.1)]
-  assert runner.tuned_learning_rates(recs) == {("mnist", "fedavg"): 0.1,
+  assert analysis.tuned_learning_rates(recs) == {("mnist", "fedavg"): 0.1,
                                                ("mnist", "local"): 0.1}  # tie: smaller
 
 

@@ -102,6 +102,28 @@ def table(all_records: Sequence[dict], phase: str) -> dict[tuple, dict[str, dict
   return dict(out)
 
 
+def tuned_learning_rates(all_records: list[dict]) -> dict[tuple[str, str], float]:
+  """(dataset, method) -> the grid value with the best final validation accuracy.
+
+  Ties go to the smaller learning rate (the safer one).
+
+  Args:
+    all_records: records of the results file.
+
+  Returns:
+    The choice for every (dataset, method) with tuning records.
+  """
+  best: dict[tuple[str, str], tuple[float, float]] = {}
+  for r in all_records:
+    if r["phase"] != "tune":
+      continue
+    key = (r["dataset"], r["method"])
+    score = -1.0 if r["final"] is None else r["final"]["accuracy_mean"]  # diverged: last
+    if key not in best or score > best[key][0] or (score == best[key][0] and r["lr"] < best[key][1]):
+      best[key] = (score, r["lr"])
+  return {k: lr for k, (_, lr) in best.items()}
+
+
 def tuning_table(all_records: Sequence[dict]) -> dict[tuple[str, str], dict[float, float | None]]:
   """(dataset, method) -> learning rate -> final validation accuracy (None: diverged)."""
   out = collections.defaultdict(dict)

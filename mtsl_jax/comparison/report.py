@@ -184,6 +184,12 @@ def _setup(all_records: Sequence[dict]) -> list[str]:
         if spec.model["name"] == "mlp" else spec.model["name"].upper()
     lines.append(f"| {d} | {spec.note} | {model} | {spec.tune_setting} | "
                  f"{', '.join(map(str, budget))} |")
+  missing = [d for d in grid.DATASETS if d not in datasets and grid.DATASETS[d].where != "check"]
+  if missing:
+    lines += ["", "Defined in the grid but not in these records: " + "; ".join(
+        f"{d} ({grid.DATASETS[d].note}; runs on a {grid.DATASETS[d].where.upper()}: "
+        f"`python launch/reproduce.py --datasets={d} --noise_dataset= --tfds_data_dir=...`)"
+        for d in missing) + "."]
   loads = [r["load_1min"] for r in all_records if "load_1min" in r]
   machines = sorted({f"{r['device']}, {r['cpus']} CPUs" for r in all_records if "device" in r})
   if machines:
@@ -195,14 +201,19 @@ def _setup(all_records: Sequence[dict]) -> list[str]:
     lines += ["", "Validation accuracy per learning rate (the chosen one bold):", "",
               "| dataset | method | " + " | ".join(f"lr {lr:g}" for lr in grid.LR_GRID) + " |",
               "|---" * (len(grid.LR_GRID) + 2) + "|"]
+    chosen = analysis.tuned_learning_rates(all_records)
     for (dataset, method), by_lr in tuning.items():
-      best = max(by_lr, key=lambda lr: -1 if by_lr[lr] is None else by_lr[lr])
       vals = []
       for lr in grid.LR_GRID:
         v = by_lr.get(lr, "missing")
         text = "diverged" if v is None else ("—" if v == "missing" else f"{v:.3f}")
-        vals.append(f"**{text}**" if lr == best else text)
+        vals.append(f"**{text}**" if lr == chosen[(dataset, method)] else text)
       lines.append(f"| {dataset} | {method} | " + " | ".join(vals) + " |")
+    edge = sorted(f"{d}/{m}" for (d, m), lr in chosen.items() if lr == max(grid.LR_GRID))
+    if edge:
+      lines += ["", f"The largest rate of the grid won for {len(edge)} of {len(chosen)} "
+                f"(dataset, method) pairs ({', '.join(edge)}): a larger one might do better "
+                "for them; the grid is the same for every method."]
   return lines + [""]
 
 

@@ -23,7 +23,7 @@ from typing import Sequence
 import jax
 
 from mtsl_jax import loop, seed_batch
-from mtsl_jax.comparison import grid, records
+from mtsl_jax.comparison import analysis, grid, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,38 +89,16 @@ def _run_group(paths: Paths, *, phase: str, dataset: str, setting: str, method: 
   return new
 
 
-def tuned_learning_rates(all_records: list[dict]) -> dict[tuple[str, str], float]:
-  """(dataset, method) -> the grid value with the best final validation accuracy.
-
-  Ties go to the smaller learning rate (the safer one).
-
-  Args:
-    all_records: records of the results file.
-
-  Returns:
-    The choice for every (dataset, method) with tuning records.
-  """
-  best: dict[tuple[str, str], tuple[float, float]] = {}
-  for r in all_records:
-    if r["phase"] != "tune":
-      continue
-    key = (r["dataset"], r["method"])
-    score = -1.0 if r["final"] is None else r["final"]["accuracy_mean"]  # diverged: last
-    if key not in best or score > best[key][0] or (score == best[key][0] and r["lr"] < best[key][1]):
-      best[key] = (score, r["lr"])
-  return {k: lr for k, (_, lr) in best.items()}
-
-
 def run_tuning(paths: Paths, datasets: Sequence[str], methods: Sequence[str],
                budget_steps: int | None = None) -> dict[tuple[str, str], float]:
-  """The tune phase; returns the tuned learning rates (see `tuned_learning_rates`)."""
+  """The tune phase; returns the tuned learning rates (see `analysis.tuned_learning_rates`)."""
   for dataset in datasets:
     spec = grid.DATASETS[dataset]
     for method in methods:
       for lr in grid.LR_GRID:
         _run_group(paths, phase="tune", dataset=dataset, setting=spec.tune_setting,
                    method=method, lr=lr, seeds=(0,), budget_steps=budget_steps)
-  return tuned_learning_rates(records.ResultsFile(paths.results).load())
+  return analysis.tuned_learning_rates(records.ResultsFile(paths.results).load())
 
 
 def run_main(paths: Paths, datasets: Sequence[str], methods: Sequence[str],
