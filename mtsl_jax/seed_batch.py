@@ -66,7 +66,8 @@ class SeedStates:
 
 def can_vmap_seeds(configs: Sequence[ml_collections.ConfigDict],
                    algorithms_built: Sequence[algorithms.Algorithm],
-                   train_counts: Sequence[np.ndarray] | None = None) -> tuple[bool, str]:
+                   train_counts: Sequence[np.ndarray] | None = None,
+                   allow_single: bool = False) -> tuple[bool, str]:
   """Whether seed 0's step, vmapped, computes every seed's step.
 
   Args:
@@ -74,11 +75,12 @@ def can_vmap_seeds(configs: Sequence[ml_collections.ConfigDict],
     algorithms_built: the seeds' Algorithms, built from their own federations.
     train_counts: train examples per client of each seed; needed unless the task weights
       are 'uniform' (with 'data_size' the weights, closed over by the step, follow them).
+    allow_single: a single seed may run as a group of one (see `train_seeds`).
 
   Returns:
     (True, '') or (False, the reason).
   """
-  if len(configs) < 2:
+  if len(configs) < (1 if allow_single else 2):
     return False, "fewer than two seeds"
   strip = lambda c: {k: v for k, v in c.to_dict().items() if k != "seed"}
   if any(strip(c) != strip(configs[0]) for c in configs[1:]):
@@ -151,15 +153,27 @@ def raise_if_diverged(summary: dict, seeds: Sequence[int]) -> None:
 
 
 def _stack(trees: Sequence[PyTree]) -> PyTree:
+  """Stacks the seeds' trees on a new leading axis (traceable: used under eval_shape)."""
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
+def _stack_on_host(trees: Sequence[PyTree]) -> PyTree:
+  """`_stack` for concrete trees, done in numpy and put on the device once.
+
+  jnp.stack would compile one small program per distinct leaf shape (seconds for a
+  state of a few dozen leaves); numpy compiles nothing.
+  """
+  return jax.device_put(jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]),
+                                     *trees))
+
+
 def _pad_clients(arrays: data.ClientArrays, n: int) -> data.ClientArrays:
-  """Zero-pads the example axis to `n`; counts are unchanged, so padding is never read."""
-  pad = n - int(arrays.x.shape[1])
-  return arrays.replace(
-      x=jnp.pad(arrays.x, [(0, 0), (0, pad)] + [(0, 0)] * (arrays.x.ndim - 2)),
-      y=jnp.pad(arrays.y, [(0, 0), (0, pad)]))
+  """Zero-pads the example axis to `n` (in numpy); counts are unchanged, so padding is
+  never read."""
+  x, y = np.asarray(arrays.x), np.asarray(arrays.y)
+  pad = n - int(x.shape[1])
+  return arrays.replace(x=np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)),
+                        y=np.pad(y, [(0, 0), (0, pad)]))
 
 
 def default_group_dir(workdirs: Sequence[str | pathlib.Path], seeds: Sequence[int]):
@@ -171,7 +185,8 @@ def default_group_dir(workdirs: Sequence[str | pathlib.Path], seeds: Sequence[in
 def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
                 workdirs: Sequence[str | pathlib.Path], *,
                 group_dir: str | pathlib.Path | None = None, verbose: bool = False,
-                fallback_fn: Callable = train.train_and_evaluate) -> list[train.TrainResult]:
+                fallback_fn: Callable = train.train_and_evaluate,
+                allow_single: bool = False) -> list[train.TrainResult]:
   """Trains `config` for every seed, vmapped when `can_vmap_seeds` allows, else in turn.
 
   Args:
@@ -181,6 +196,9 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     group_dir: where the stacked state's checkpoints go (see `default_group_dir`).
     verbose: print one line when the group starts and when it falls back.
     fallback_fn: `(config, workdir, verbose=...) -> TrainResult` for sequential runs.
+    allow_single: run even one seed as a group (of one). Many short runs in one process
+      (a sweep, the comparison's tuning) then share the group path's eagerly compiled
+      initialization instead of compiling each run's own.
 
   Returns:
     One TrainResult per seed, in order; `state` is that seed's slice of the group state.
@@ -201,7 +219,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   for c, fed in zip(configs, feds):
     validation.validate_label_spaces(c, fed.num_classes)
   algs = [algorithms.build_algorithm(c, fed) for c, fed in zip(configs, feds)]
-  ok, reason = can_vmap_seeds(configs, algs, [f.train_counts for f in feds])
+  ok, reason = can_vmap_seeds(configs, algs, [f.train_counts for f in feds], allow_single)
   if not ok:
     logging.warning("seeds %s run one after another: %s", list(seeds), reason)
     if verbose:
@@ -220,12 +238,12 @@ def _train_group(configs, feds, algs, workdirs, group_dir, verbose) -> list[trai
   on_device = [data.to_device(f) for f in feds]
   n_train = max(int(tr.x.shape[1]) for tr, _ in on_device)
   n_test = max(int(te.x.shape[1]) for _, te in on_device)
-  train_data = _stack([_pad_clients(tr, n_train) for tr, _ in on_device])
+  train_data = _stack_on_host([_pad_clients(tr, n_train) for tr, _ in on_device])
   chunk = min(config.eval_batch_size, n_test)
-  padded = [_pad_clients(te, n_test) for _, te in on_device]
-  tests = [evaluation.pad_examples(te.x, te.y, chunk) for te in padded]
-  test_x, test_y = _stack([t[0] for t in tests]), _stack([t[1] for t in tests])
-  test_counts = _stack([te.counts for _, te in on_device])
+  # Whole evaluation chunks: the test axis padded to a multiple of `chunk` at once.
+  padded = [_pad_clients(te, -(-n_test // chunk) * chunk) for _, te in on_device]
+  test_x, test_y = _stack_on_host([t.x for t in padded]), _stack_on_host([t.y for t in padded])
+  test_counts = _stack_on_host([te.counts for _, te in on_device])
   evaluate = jax.jit(jax.vmap(evaluation.make_evaluate(
       alg0.logits, jnp.asarray(alg0.num_classes_M), chunk)))
   run_steps = loop.make_multi_step(make_seed_step(alg0.step))
@@ -239,7 +257,10 @@ def _train_group(configs, feds, algs, workdirs, group_dir, verbose) -> list[trai
     if checkpointer.latest_step() is not None:
       states = checkpointer.restore(jax.eval_shape(init_all))
     else:
-      states = _stack([jax.jit(alg.init_state)() for alg in algs])
+      # Eagerly, op by op: op compilations are cached by shape, so the seeds after the
+      # first (and later groups of the same model in this process) initialize in a
+      # fraction of a second, where a jit per seed compiles each seed's closure anew.
+      states = _stack_on_host([alg.init_state() for alg in algs])
     group = SeedStates(states)
     step = int(group.step)
     writers = [metric_writers.MetricWriter(w, start_step=step) for w in workdirs]

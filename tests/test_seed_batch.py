@@ -64,6 +64,17 @@ def test_vmapped_seeds_match_separate_runs(runs):
                          jax.tree.leaves(results[1].state.server.params)[0])
 
 
+def test_a_group_of_one_matches_its_separate_run(runs, tmp_path):
+  seed = SEEDS[1]
+  (result,) = seed_batch.train_seeds(runs["base"], [seed], [tmp_path / "one"],
+                                     group_dir=tmp_path / "group", allow_single=True,
+                                     fallback_fn=_must_not_run)
+  assert (tmp_path / "group" / "checkpoints").exists()  # it ran as a group
+  _assert_trees_close(result.state, runs["singles"][seed].state)
+  for key, value in runs["singles"][seed].eval_metrics.items():
+    np.testing.assert_allclose(result.eval_metrics[key], value, rtol=RTOL, err_msg=key)
+
+
 def test_each_seed_writes_its_own_metrics_like_an_ordinary_run(runs):
   for seed, workdir in zip(SEEDS, runs["vm_workdirs"]):
     ours = metric_writers.read_metrics(workdir)

@@ -67,7 +67,8 @@ def _run_group(paths: Paths, *, phase: str, dataset: str, setting: str, method: 
                 device=f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
                 cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 2))
   try:
-    seed_batch.train_seeds(config, todo, workdirs, group_dir=group / "seed_group")
+    seed_batch.train_seeds(config, todo, workdirs, group_dir=group / "seed_group",
+                           allow_single=True)
   except loop.NonFiniteError as e:
     # A learning rate of the grid may diverge: that is a result (the tuning skips it, the
     # report says so), not a reason to stop the reproduction. The vmapped seeds share one
