@@ -149,7 +149,10 @@ def _claims(all_records: Sequence[dict], main: dict) -> list[str]:
                    f"{base} | {'yes' if r['holds'] else 'no'} |")
     lines.append("")
   if het:
-    lines += ["Accuracy change from iid (points), per method:", ""]
+    lines += ["Accuracy change from iid (points), per method. Read with care: label skew "
+              "also makes each client's task easier (fewer classes to tell apart), so "
+              "methods with personal parts can gain from it; per-task accuracy is not "
+              "comparable across settings as a difficulty-free measure.", ""]
     lines += _per_method(het, "changes", ("dataset", "setting"), lambda v: f"{100 * v:+.1f}")
     lines.append("")
   if noise:
