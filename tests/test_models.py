@@ -1,5 +1,6 @@
-"""Models: block counts, output shapes, and the two convolution implementations."""
+"""Models: block counts, output shapes, the two convolution implementations, max-pool."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +25,15 @@ def test_patch_convolution_equals_xla_convolution(kernel, stride, size, cin):
   gb = jax.grad(lambda p: jnp.sum(patches.apply(p, x) ** 2))(params)
   for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
     np.testing.assert_allclose(u, v, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (14, 14), (7, 9)])
+def test_reshape_max_pool_equals_flax_max_pool(size):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2,) + size + (3,))  # no ties
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
+  np.testing.assert_array_equal(grad(models.max_pool_2x2), grad(flax_pool))
 
 
 @pytest.mark.parametrize("name,input_shape", [
