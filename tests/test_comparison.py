@@ -150,18 +150,38 @@ def test_tiny_reproduction_end_to_end_resumes_and_reports(tmp_path, monkeypatch)
   assert (tmp_path / "figures" / "synthetic_accuracy_vs_steps.png").stat().st_size > 0
 
 
-def test_a_diverged_group_is_recorded_not_fatal(tmp_path, monkeypatch):
-  def diverge(*args, **kwargs):
-    raise loop.NonFiniteError("seed 0: non-finite server loss at step 3\ndetails")
-  monkeypatch.setattr(runner.seed_batch, "train_seeds", diverge)
+def test_divergence_is_a_result_isolated_per_seed_with_a_smaller_rate_fallback(
+    tmp_path, monkeypatch):
+  # Seed 1 diverges at any rate above 0.05: its group of two stops, the seeds rerun one by
+  # one, seed 1 is recorded as diverged at 0.1 and rerun at the grid's next rate, 0.05.
+  monkeypatch.setattr(grid, "LR_GRID", (0.05, 0.1))
+  real = runner.seed_batch.train_seeds
+  calls = []
+
+  def train_seeds(config, seeds, workdirs, **kwargs):
+    lr = config.client_optimizer.learning_rate
+    calls.append((tuple(seeds), lr))
+    if 1 in seeds and lr > 0.05:
+      raise loop.NonFiniteError("seed 1: non-finite server loss at step 3\ndetails")
+    return real(config, seeds, workdirs, **kwargs)
+
+  monkeypatch.setattr(runner.seed_batch, "train_seeds", train_seeds)
   paths = runner.Paths(results=tmp_path / "runs.jsonl", scratch=tmp_path / "wd")
-  runner.run_main(paths, ["synthetic"], ["fedavg"], {("synthetic", "fedavg"): 9.0},
-                  seeds=(0, 1), budget_steps=50)
+  lrs = {("synthetic", "fedavg"): 0.1}
+  runner.run_main(paths, ["synthetic"], ["fedavg"], lrs, seeds=(0, 1), budget_steps=50)
+  assert calls == [((0, 1), 0.1), ((0,), 0.1), ((1,), 0.1), ((1,), 0.05)]
   recs = records.ResultsFile(paths.results).load()
-  assert [r["seed"] for r in recs] == [0, 1]
-  assert all(r["final"] is None and "step 3" in r["diverged"] for r in recs)
-  summary = analysis.summarize_cell(recs)
-  assert summary["acc"] is None and summary["diverged"] == 2
+  assert [(r["seed"], r["lr"], r["final"] is None) for r in recs] == [
+      (0, 0.1, False), (1, 0.1, True), (1, 0.05, False)]
+  assert "step 3" in recs[1]["diverged"] and recs[2]["lr_fallback_from"] == 0.1
+  (cell,) = analysis.cells(recs).values()
+  assert [(r["seed"], r["lr"]) for r in cell] == [(0, 0.1), (1, 0.05)]
+  summary = analysis.summarize_cell(cell)
+  assert (summary["lr"], summary["fallback_seeds"], summary["fallback_lrs"]) == (0.1, 1, [0.05])
+  assert summary["diverged"] == 0 and summary["acc"] is not None
+  calls.clear()
+  runner.run_main(paths, ["synthetic"], ["fedavg"], lrs, seeds=(0, 1), budget_steps=50)
+  assert not calls  # all done, fallback included
 
 
 def test_launcher_rejects_bad_names_in_one_line(tmp_path):

@@ -36,11 +36,22 @@ def cell_key(record: dict) -> tuple:
 
 
 def cells(all_records: Sequence[dict]) -> dict[tuple, list[dict]]:
-  """Records grouped by cell, seeds in order; the latest record of a key wins."""
+  """One record per seed of every cell, seeds in order.
+
+  The latest record of a run key wins; of a seed's records, a finished one wins over a
+  diverged one (a seed that diverged at the tuned rate counts with its fallback run at a
+  smaller rate, see `runner._run_group`), and the tuned rate's over a fallback's.
+  """
   latest = {records.run_key(r): r for r in all_records}
-  grouped = collections.defaultdict(list)
+  chosen = {}
   for r in latest.values():
-    grouped[cell_key(r)].append(r)
+    key = (cell_key(r), r["seed"])
+    rank = (r["final"] is not None, r.get("lr_fallback_from") is None, -r["lr"])
+    if key not in chosen or rank > chosen[key][0]:
+      chosen[key] = (rank, r)
+  grouped = collections.defaultdict(list)
+  for (cell, _), (_, r) in chosen.items():
+    grouped[cell].append(r)
   return {k: sorted(v, key=lambda r: r["seed"]) for k, v in grouped.items()}
 
 
@@ -51,12 +62,17 @@ def summarize_cell(runs: Sequence[dict]) -> dict[str, Any]:
     runs: the cell's records.
 
   Returns:
-    {'seeds', 'diverged' (count), 'lr', 'acc' (mean, std), 'worst' (mean, std),
+    {'seeds', 'diverged' (count), 'lr' (the tuned rate), 'fallback_seeds' (seeds that
+     diverged at it and ran at 'fallback_lrs'), 'acc' (mean, std), 'worst' (mean, std),
      'wall_group' (seconds of the seed group), 'curves' (the finished runs' curves)};
     acc/worst are None when every seed diverged.
   """
   done = [r for r in runs if r["final"] is not None]
-  out = {"seeds": len(runs), "diverged": len(runs) - len(done), "lr": runs[0]["lr"],
+  fallbacks = sorted({r["lr"] for r in runs if r.get("lr_fallback_from") is not None})
+  out = {"seeds": len(runs), "diverged": len(runs) - len(done),
+         "lr": runs[0].get("lr_fallback_from") or runs[0]["lr"],
+         "fallback_seeds": sum(r.get("lr_fallback_from") is not None for r in runs),
+         "fallback_lrs": fallbacks,
          "acc": None, "worst": None, "curves": [r["curve"] for r in done],
          "wall_group": max(r["wall_seconds_group"] for r in runs)}
   if done:

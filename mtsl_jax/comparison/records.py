@@ -15,12 +15,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-KEY_FIELDS = ("phase", "dataset", "setting", "noise", "method", "lr", "seed")
+KEY_FIELDS = ("phase", "dataset", "setting", "noise", "method", "lr", "seed",
+              "lr_fallback_from")
 
 
 def run_key(record: dict) -> tuple:
   """The identity of a run: equal keys are the same run (reruns skip it)."""
-  return tuple(json.dumps(record[f]) for f in KEY_FIELDS)
+  return tuple(json.dumps(record.get(f)) for f in KEY_FIELDS)
 
 
 def read_run(workdir: str | pathlib.Path, client_steps_per_step: int) -> dict[str, Any]:

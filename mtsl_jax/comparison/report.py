@@ -26,6 +26,15 @@ def _fmt_acc(stats) -> str:
   return "diverged" if stats is None else f"{stats[0]:.3f} ± {stats[1]:.3f}"
 
 
+def _fmt_lr(summary: dict) -> str:
+  """The tuned rate, and the fallback rate(s) of seeds that diverged at it."""
+  text = f"{summary['lr']:g}"
+  if summary["fallback_seeds"]:
+    text += (f" ({summary['fallback_seeds']} seed(s) diverged, rerun at "
+             f"{', '.join(f'{x:g}' for x in summary['fallback_lrs'])})")
+  return text
+
+
 def _fmt_mb(value) -> str:
   return "—" if value is None else f"{value / 1e6:,.1f}"
 
@@ -41,7 +50,9 @@ def _setting_label(setting: str, noise) -> str:
 
 def _accuracy_tables(main: dict, key: str, title: str) -> list[str]:
   """One table per dataset: methods x settings, seed mean ± std; the best per column bold."""
-  lines = [f"### {title}", "", f"Regenerate: `{REGENERATE}`.", ""]
+  lines = [f"### {title}", "", f"Regenerate: `{REGENERATE}`. †: some seeds diverged at the "
+           "tuned rate and count with a rerun at the next smaller rate of the grid (see the "
+           "lr column of the steps-to-target tables).", ""]
   by_dataset = collections.defaultdict(dict)
   for (dataset, setting, _), summaries in main.items():
     by_dataset[dataset][setting] = summaries
@@ -57,6 +68,8 @@ def _accuracy_tables(main: dict, key: str, title: str) -> list[str]:
       for s in order:
         stats = settings[s].get(m, {}).get(key) if m in settings[s] else None
         text = "—" if m not in settings[s] else _fmt_acc(stats)
+        if m in settings[s] and settings[s][m]["fallback_seeds"]:
+          text += " †"
         if stats and best[s] is not None and stats[0] == best[s]:
           text = f"**{text}**"
         cells.append(text)
@@ -84,7 +97,7 @@ def _efficiency_tables(main: dict) -> list[str]:
       steps = "—" if t is None or t["steps"] is None else f"{t['steps']:.0f}"
       mb = analysis.NO_TRAFFIC.get(m) or ("—" if t is None else _fmt_mb(t["bytes"]))
       reached = "—" if t is None else f"{t['reached']}/{t['of']}"
-      lines.append(f"| {m} | {s['lr']:g} | {steps} | {mb} | {reached} | "
+      lines.append(f"| {m} | {_fmt_lr(s)} | {steps} | {mb} | {reached} | "
                    f"{s['wall_group']:.0f} |")
     lines.append("")
   return lines

@@ -44,14 +44,32 @@ class Paths:
 
 def _run_group(paths: Paths, *, phase: str, dataset: str, setting: str, method: str,
                lr: float, seeds: Sequence[int], noise: tuple[str, float] | None = None,
-               budget_steps: int | None = None, verbose: bool = True) -> list[dict]:
-  """Trains one (phase, dataset, setting, noise, method, lr) for `seeds`; records them."""
+               budget_steps: int | None = None, fallback_from: float | None = None,
+               verbose: bool = True) -> list[dict]:
+  """Trains one (phase, dataset, setting, noise, method, lr) for `seeds`; records them.
+
+  Divergence is a result, not a reason to stop the reproduction. Since the vmapped seeds
+  share one loop, one diverging seed stops its group: the seeds are then rerun one by
+  one, so only the seeds that diverge are marked. Outside tuning, a seed that diverges
+  at the tuned rate is recorded as diverged and rerun at the next smaller rate of the
+  grid (recorded with `lr_fallback_from`); the report counts both.
+
+  Returns:
+    The new records (the final ones of each seed).
+  """
   out = records.ResultsFile(paths.results)
   base = {"phase": phase, "dataset": dataset, "setting": setting, "method": method,
-          "lr": lr, "noise": list(noise) if noise else None}
-  done = out.done()
+          "lr": lr, "noise": list(noise) if noise else None, "lr_fallback_from": fallback_from}
+  done = {records.run_key(r): r for r in out.load()}
   todo = [s for s in seeds if records.run_key(dict(base, seed=s)) not in done]
-  if not todo:
+  again = dict(phase=phase, dataset=dataset, setting=setting, method=method, noise=noise,
+               budget_steps=budget_steps, verbose=verbose)
+  smaller = [g for g in grid.LR_GRID if g < lr]
+  if not todo:  # all recorded; finish fallbacks an interruption may have left undone
+    diverged = [s for s in seeds if done[records.run_key(dict(base, seed=s))]["final"] is None]
+    if diverged and phase != "tune" and smaller:
+      return _run_group(paths, lr=max(smaller), seeds=diverged,
+                        fallback_from=fallback_from or lr, **again)
     return []
   config = grid.make_config(dataset, setting, method, lr, tune=phase == "tune", noise=noise,
                             budget_steps=budget_steps, tfds_data_dir=paths.tfds_data_dir,
@@ -67,26 +85,30 @@ def _run_group(paths: Paths, *, phase: str, dataset: str, setting: str, method: 
                 device=f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
                 cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 2))
   try:
-    seed_batch.train_seeds(config, todo, workdirs, group_dir=group / "seed_group",
-                           allow_single=True)
+    seed_batch.train_seeds(config, todo, workdirs, allow_single=True,
+                           group_dir=group / f"seed_group={','.join(map(str, todo))}")
   except loop.NonFiniteError as e:
-    # A learning rate of the grid may diverge: that is a result (the tuning skips it, the
-    # report says so), not a reason to stop the reproduction. The vmapped seeds share one
-    # loop, so the whole group stops.
-    new = [dict(base, seed=s, diverged=str(e).splitlines()[0], curve=None, final=None,
-                wall_seconds_group=round(time.perf_counter() - start, 2), **common)
-           for s in todo]
+    if len(todo) > 1:
+      if verbose:
+        print(f"[{phase}] {dataset}/{setting}{noise_part} {method} lr={lr:g}: a seed "
+              "diverged; rerunning the seeds one by one", flush=True)
+      return [r for s in todo for r in _run_group(paths, lr=lr, seeds=(s,),
+                                                  fallback_from=fallback_from, **again)]
+    new = [dict(base, seed=todo[0], diverged=str(e).splitlines()[0], curve=None, final=None,
+                wall_seconds_group=round(time.perf_counter() - start, 2), **common)]
   else:
     wall = round(time.perf_counter() - start, 2)
     new = [dict(base, seed=s, diverged=None, wall_seconds_group=wall, **common,
                 **records.read_run(w, per)) for s, w in zip(todo, workdirs)]
   out.append(new)
-  wall = time.perf_counter() - start
   if verbose:
     accs = " ".join("diverged" if r["final"] is None else f"{r['final']['accuracy_mean']:.3f}"
                     for r in new)
     print(f"[{phase}] {dataset}/{setting}{noise_part} {method} lr={lr:g} seeds={todo}: "
-          f"acc {accs} ({wall:.0f} s)", flush=True)
+          f"acc {accs} ({time.perf_counter() - start:.0f} s)", flush=True)
+  if new[0]["final"] is None and phase != "tune" and smaller:
+    return new + _run_group(paths, lr=max(smaller), seeds=todo,
+                            fallback_from=fallback_from or lr, **again)
   return new
 
 
