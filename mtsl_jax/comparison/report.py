@@ -209,9 +209,12 @@ def _setup(all_records: Sequence[dict]) -> list[str]:
   loads = [r["load_1min"] for r in all_records if "load_1min" in r]
   machines = sorted({f"{r['device']}, {r['cpus']} CPUs" for r in all_records if "device" in r})
   if machines:
-    lines += ["", f"Machine: {'; '.join(machines)}. Wall times are as measured: the 1-minute "
-              f"load average when a cell started was {np.median(loads):.1f} (median; "
-              f"{min(loads):.1f} to {max(loads):.1f}), so they compare methods only roughly."]
+    total = sum(r["wall_seconds_group"] / r["seeds_in_group"] for r in all_records)
+    lines += ["", f"Machine: {'; '.join(machines)}. All runs of these records took "
+              f"{total / 60:.0f} min of wall time (compilation included). Wall times are as "
+              f"measured: the 1-minute load average when a cell started was "
+              f"{np.median(loads):.1f} (median; {min(loads):.1f} to {max(loads):.1f}), so "
+              "they compare methods only roughly."]
   tuning = analysis.tuning_table(all_records)
   if tuning:
     lines += ["", "Validation accuracy per learning rate (the chosen one bold):", "",
