@@ -174,6 +174,9 @@ def cut_blocks(blocks: list, split_config) -> SplitModel:
                     orientation=split_config.orientation)
 
 
+INIT_CLIENTS_PER_BATCH = 256
+
+
 def init_params(split: SplitModel, key: jax.Array, input_shape: tuple[int, ...],
                 num_clients: int, first_client: int = 0) -> tuple[PyTree, PyTree]:
   """Initial φ and stacked ψ; every client gets its own initialization.
@@ -213,7 +216,11 @@ def init_params(split: SplitModel, key: jax.Array, input_shape: tuple[int, ...],
 
   client_keys = jax.vmap(lambda m: jax.random.fold_in(k_clients, m))(
       first_client + jnp.arange(num_clients))
-  return server_params, jax.vmap(init_client)(client_keys)
+  # Batches of clients in a loop rather than all at once: initialization's temporaries
+  # (random bits, truncated-normal intermediates) would otherwise be several times the
+  # whole client state, the peak memory of a run with many clients. Same values.
+  return server_params, jax.lax.map(init_client, client_keys,
+                                    batch_size=min(num_clients, INIT_CLIENTS_PER_BATCH))
 
 
 def per_task_losses(split: SplitModel, server_params: PyTree, client_params: PyTree,

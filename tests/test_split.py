@@ -134,3 +134,16 @@ def test_every_client_gets_its_own_initialization():
   model, sp, cp, *_ = _problem("u_shaped")
   kernels = cp["bottom"]["params"]["blocks_0"]["Dense_0"]["kernel"]
   assert not np.allclose(kernels[0], kernels[1])
+
+
+def test_clients_initialize_in_batches_each_by_its_own_key(monkeypatch):
+  # More clients than one initialization batch (with a remainder): client m's parameters
+  # are those it gets alone, from its own index.
+  monkeypatch.setattr(split, "INIT_CLIENTS_PER_BATCH", 4)
+  model = _problem("u_shaped")[0]
+  sp, cp = split.init_params(model, jax.random.PRNGKey(0), (D,), 10)
+  assert jax.tree.leaves(cp)[0].shape[0] == 10
+  for m in (0, 3, 4, 9):
+    sp_m, cp_m = split.init_params(model, jax.random.PRNGKey(0), (D,), 1, first_client=m)
+    _assert_trees_close(sp_m, sp, atol=0, rtol=0)
+    _assert_trees_close(_client(cp_m, 0), _client(cp, m), atol=0, rtol=0)
