@@ -96,6 +96,9 @@ def test_claims_on_hand_made_records():
   noise = analysis.noise_claim(recs)
   assert noise[0]["drops"]["mtsl_u_shaped"] == pytest.approx(0.05)
   assert noise[0]["drops"]["fedavg"] == pytest.approx(0.1) and noise[0]["holds"]
+  assert noise[0]["holds_accuracy"]  # 0.9 against 0.6
+  local = analysis.accuracy_claim(main, ("local",))
+  assert local == []  # no local-only runs in these records: nothing to hold against
 
 
 def test_tuning_picks_the_best_rate_and_skips_diverged_ones():
