@@ -61,7 +61,7 @@ def _reproduce() -> None:
   if "noise" in phases and noise_dataset:
     runner.run_noise(paths, noise_dataset, _METHODS.value, lrs, budget_steps=_BUDGET.value)
   if "report" in phases:
-    report.write_report(paths.results, pathlib.Path(_REPORT.value), command=" ".join(sys.argv))
+    report.write_report(paths.results, pathlib.Path(_REPORT.value))
     print(f"reproduce: wrote {_REPORT.value}", flush=True)
 
 

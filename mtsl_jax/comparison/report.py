@@ -66,9 +66,10 @@ def _accuracy_tables(main: dict, key: str, title: str) -> list[str]:
     for m in methods:
       cells = []
       for s in order:
-        stats = settings[s].get(m, {}).get(key) if m in settings[s] else None
-        text = "—" if m not in settings[s] else _fmt_acc(stats)
-        if m in settings[s] and settings[s][m]["fallback_seeds"]:
+        summary = settings[s].get(m)
+        stats = summary[key] if summary else None
+        text = "—" if summary is None else _fmt_acc(stats)
+        if summary and summary["fallback_seeds"]:
           text += " †"
         if stats and best[s] is not None and stats[0] == best[s]:
           text = f"**{text}**"
@@ -302,21 +303,19 @@ def _plot_noise(all_records: Sequence[dict], out_dir: pathlib.Path) -> list[path
   return [path]
 
 
-def write_report(results: pathlib.Path, report: pathlib.Path, command: str = "") -> None:
+def write_report(results: pathlib.Path, report: pathlib.Path) -> None:
   """Writes `report` (markdown) and `<report dir>/figures/*.png` from the records.
 
   Args:
     results: the JSONL of run records.
     report: the markdown file to write.
-    command: the command line that produced it, for the header.
   """
   all_records = records.ResultsFile(results).load()
   main = analysis.table(all_records, "main")
   figures = report.parent / "figures"
   figures.mkdir(parents=True, exist_ok=True)
   lines = ["# Reproducing the MTSL comparison (Zheng & Eryilmaz, arXiv 2406.00150)", "",
-           f"Generated from `{results}` ({len(all_records)} run records) by `{REGENERATE}`"
-           + (f" (this time: `{command}`)" if command else "") + ". "
+           f"Generated from `{results}` ({len(all_records)} run records) by `{REGENERATE}`. "
            "Rerun every experiment: `python launch/reproduce.py --tfds_data_dir=<TFDS dir>` "
            "(finished runs are skipped).", ""]
   lines += _setup(all_records)
