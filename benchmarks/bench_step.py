@@ -93,8 +93,16 @@ def random_federation(num_clients: int, examples: int, seed: int = 0) -> data.Fe
                          "random")
 
 
-def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
-  """Best-of-`repeats` FLOP/s of one jitted dense f32 [n, n] @ [n, n]."""
+def matmul_flops_per_second(n: int = 0, repeats: int = 5) -> float:
+  """Best-of-`repeats` FLOP/s of one jitted dense f32 [n, n] @ [n, n].
+
+  Args:
+    n: matrix side; 0 for 2048 on a CPU and 8192 on an accelerator (where a 2048² product
+      is too short to reach the device's rate). At JAX's default precision, as the model's
+      own products run (on NVIDIA GPUs that allows TF32).
+    repeats: timed products.
+  """
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
@@ -104,6 +112,37 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
     f(a).block_until_ready()
     times.append(time.perf_counter() - t0)
   return 2 * n ** 3 / min(times)
+
+
+def model_flops_per_example(model_config) -> int:
+  """FLOPs of one example's forward and backward pass through the model, counted by hand.
+
+  Two FLOPs per multiply-add of every dense and convolution layer: its forward, its weight
+  gradient, and its input gradient (except the first layer's, which nothing needs).
+  Elementwise work is not counted. This is the FLOP count on every backend alike: XLA's
+  cost analysis counts the CPU's dots and convolutions, but not all of the library calls
+  (cuBLAS, cuDNN) of a GPU program. On a CPU the two agree to ~3% (tests/test_bench_step.py).
+
+  Args:
+    model_config: the `model` config section ('mlp' on 28x28x1 inputs, or 'cnn': 5x5
+      'SAME' convolutions, each followed by a 2x2 pool, then dense layers).
+
+  Returns:
+    FLOPs per example.
+  """
+  h, w, c = INPUT_SHAPE
+  macs = []  # multiply-adds of each layer, in order
+  if model_config.name == "mlp":
+    sizes = (h * w * c,) + tuple(model_config.hidden_sizes) + (10,)
+    macs = [a * b for a, b in zip(sizes, sizes[1:])]
+  elif model_config.name == "cnn":
+    for features in model_config.cnn_features:
+      macs.append(h * w * 25 * c * features)
+      h, w, c = h // 2, w // 2, features
+    macs += [h * w * c * model_config.cnn_dense, model_config.cnn_dense * 10]
+  else:
+    raise ValueError(f"no FLOP count for model {model_config.name!r}")
+  return 2 * (2 * sum(macs) + sum(macs[1:]))
 
 
 def interleaved_seconds(fns: dict, repeats: int) -> dict:
@@ -258,12 +297,16 @@ class TorchClientLoop:
   """`torch_split.TorchMTSL` with its per-client data and batch draw (torch.randint)."""
 
   def __init__(self, model: str, federation, config):
-    torch.set_num_threads(os.cpu_count())
+    # On the device JAX runs on: CUDA when JAX runs on a GPU and torch sees one.
+    self.device = ("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available()
+                   else "cpu")
+    if self.device == "cpu":
+      torch.set_num_threads(os.cpu_count())
     self.sim = torch_split.TorchMTSL(model, federation.num_clients,
                                      config.server_optimizer.learning_rate,
-                                     config.client_optimizer.learning_rate)
-    self._data = [(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
-                   torch.from_numpy(y.astype(np.int64)))
+                                     config.client_optimizer.learning_rate, self.device)
+    self._data = [(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(self.device),
+                   torch.from_numpy(y.astype(np.int64)).to(self.device))
                   for x, y in zip(federation.train_x, federation.train_y)]
     self._batch = config.batch_size
 
@@ -271,13 +314,20 @@ class TorchClientLoop:
     for _ in range(steps):
       batches = []
       for x, y in self._data:
-        idx = torch.randint(0, y.shape[0], (self._batch,))
+        idx = torch.randint(0, y.shape[0], (self._batch,), device=self.device)
         batches.append((x[idx], y[idx]))
-      self.sim.step(batches)
+      self.sim.step(batches)  # returns the losses as host floats: the device is done
 
 
 def available_gib() -> float:
-  """MemAvailable of /proc/meminfo in GiB (inf where there is none)."""
+  """Memory free for a row, GiB: the accelerator's free memory, or the host's MemAvailable.
+
+  On a CPU, MemAvailable of /proc/meminfo (inf where there is none); on an accelerator,
+  the device's byte limit less what is in use (XLA's allocator statistics).
+  """
+  stats = device_memory_stats()
+  if stats:
+    return (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) / 2 ** 30
   try:
     for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
       if line.startswith("MemAvailable:"):
@@ -285,6 +335,13 @@ def available_gib() -> float:
   except OSError:
     pass
   return float("inf")
+
+
+def device_memory_stats() -> dict:
+  """The first device's allocator statistics on an accelerator; {} on a CPU."""
+  if jax.default_backend() == "cpu":
+    return {}
+  return jax.devices()[0].memory_stats() or {}
 
 
 def examples_per_client(num_clients: int) -> int:
@@ -301,13 +358,14 @@ def measure_row(model: str, num_clients: int, conv_impl: str, devices: int, args
   # steps per timed call keep every column's call at a comparable length.
   loop_steps = max(1, min(steps, round(steps * 10 / num_clients)))
   row = dict(model=model, clients=num_clients, conv_impl=conv_impl, devices=devices,
-             resolved_conv_impl=(models.resolve_conv_impl(conv_impl)
+             backend=jax.default_backend(), resolved_conv_impl=(models.resolve_conv_impl(conv_impl)
                                  if model == "cnn" else ""),
              batch=args.batch, examples_per_client=examples_per_client(num_clients),
              vmapped_steps_per_call=steps, loop_steps_per_call=loop_steps,
              matmul_flops=matmul_flops_per_second())
   vmapped = VmappedRunner(config, federation, steps, args.memory_margin_gib)
-  row.update(compile_s=vmapped.compile_s, flops_per_step=vmapped.flops,
+  row.update(compile_s=vmapped.compile_s, xla_flops_per_step=vmapped.flops,
+             flops_per_step=model_flops_per_example(config.model) * num_clients * args.batch,
              xla_memory_gib=vmapped.memory_gib, xla_init_memory_gib=vmapped.init_memory_gib)
   fns, per_call = {"vmapped": vmapped}, {"vmapped": steps}
   # With the CPU split into several XLA devices the per-client loops of the same process
@@ -336,12 +394,14 @@ def measure_row(model: str, num_clients: int, conv_impl: str, devices: int, args
     step_s = sec / per_call[name]
     row[f"{name}_s_per_step"] = step_s
     row[f"{name}_samples_per_s"] = samples / step_s
-  row["gflops"] = vmapped.flops / row["vmapped_s_per_step"] / 1e9
+  row["gflops"] = row["flops_per_step"] / row["vmapped_s_per_step"] / 1e9
   row["matmul_fraction"] = row["gflops"] * 1e9 / row["matmul_flops"]
   for name in ("jax_loop", "torch_loop"):
     if name in seconds:
       row[f"vmapped_over_{name}"] = row[f"{name}_s_per_step"] / row["vmapped_s_per_step"]
   row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+  if device_memory_stats():  # on an accelerator the state lives in device memory
+    row["peak_device_gib"] = device_memory_stats().get("peak_bytes_in_use", 0) / 2 ** 30
   return row
 
 
@@ -422,8 +482,14 @@ def parse_rows(spec: str) -> list[tuple[str, int, str, int]]:
 
 def run_rows(args) -> dict:
   """Runs every row in its own subprocess; returns the results with the machine info."""
-  rows = []
+  rows, t_start = [], time.time()
+  results = dict(machine=machine_info(), command=" ".join(sys.argv), rows=rows,
+                 torch_version=torch.__version__ if torch is not None else None)
   for model, num_clients, impl, devices in parse_rows(args.rows):
+    if args.time_budget_s and time.time() - t_start > args.time_budget_s:
+      print(f"time budget of {args.time_budget_s} s spent: rows from {model}:{num_clients} "
+            "on not run", flush=True)
+      break
     cmd = [sys.executable, __file__, f"--one_row={model}:{num_clients}:{impl}:{devices}"]
     cmd += [f"--{k}={getattr(args, k)}" for k in ("batch", "steps", "repeats",
                                                    "loop_max_clients", "fedavg_max_clients",
@@ -448,8 +514,10 @@ def run_rows(args) -> dict:
     row["wall_s"] = time.time() - t0
     rows.append(row)
     print(format_row(row), flush=True)
-  return dict(machine=machine_info(), command=" ".join(sys.argv), rows=rows,
-              torch_version=torch.__version__ if torch is not None else None)
+    if args.json:  # after every row, so that a run cut short keeps what it measured
+      pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+  results["machine"] = machine_info()
+  return results
 
 
 def machine_info() -> dict:
@@ -482,7 +550,7 @@ def format_row(row: dict) -> str:
     return f"| {row['model']} | {row['clients']} | {row['conv_impl']} | failed: {row['error']} |"
   impl = row["resolved_conv_impl"] or "–"
   if row.get("devices", 1) > 1:
-    impl += f", clients over {row['devices']} CPU devices"
+    impl += f", clients over {row['devices']} {row.get('backend', 'cpu').upper()} devices"
   return (f"| {row['model']} | {row['clients']} | {impl} | "
           f"{_fmt(row, 'vmapped_samples_per_s', ',.0f')} | "
           f"{1 / row['vmapped_s_per_step']:.2f} | "
@@ -493,14 +561,14 @@ def format_row(row: dict) -> str:
           f"{row['gflops']:.1f} ({100 * row['matmul_fraction']:.0f}% of "
           f"{row['matmul_flops'] / 1e9:.0f}) | {row['compile_s']:.1f} | "
           f"{_fmt(row, 'fedavg_samples_per_s', ',.0f')} | {row['xla_memory_gib']:.2f} | "
-          f"{row['peak_rss_gib']:.2f} |")
+          f"{row.get('peak_device_gib', row['peak_rss_gib']):.2f} |")
 
 
 TABLE_HEADER = (
     "| model | M | conv, devices | vmapped samples/s | vmapped steps/s | jax loop samples/s | "
     "torch loop samples/s | vmapped / jax loop | vmapped / torch loop | "
     "vmapped GFLOP/s (% of matmul GFLOP/s) | compile s | fedavg samples/s | "
-    "XLA args+temp GiB | peak RSS GiB |\n"
+    "XLA args+temp GiB | peak GiB (RSS; GPU: device) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -517,8 +585,9 @@ def markdown(results: dict) -> str:
   lines += [format_row(r) for r in results["rows"]]
   lines += ["", "Time per step against M (vmapped, same model and convolution):", ""]
   for model in sorted({r["model"] for r in results["rows"]}):
-    ok = [r for r in results["rows"] if r["model"] == model and "error" not in r
-          and r["conv_impl"] == "auto" and r.get("devices", 1) == 1]
+    ok = sorted((r for r in results["rows"] if r["model"] == model and "error" not in r
+                 and r["conv_impl"] == "auto" and r.get("devices", 1) == 1),
+                key=lambda r: r["clients"])
     pairs = [f"M={a['clients']}→{b['clients']}: ×{b['vmapped_s_per_step'] / a['vmapped_s_per_step']:.1f}"
              f" (M ×{b['clients'] / a['clients']:.0f})" for a, b in zip(ok, ok[1:])]
     if pairs:
@@ -621,7 +690,9 @@ def main():
                       help="model:M items whose step is timed part by part ('' for none)")
   parser.add_argument("--memory_margin_gib", type=float, default=1.5,
                       help="skip a row whose runner needs more than the free memory less this")
-  parser.add_argument("--json", default="", help="write the results here")
+  parser.add_argument("--json", default="", help="write the results here (after every row)")
+  parser.add_argument("--time_budget_s", type=float, default=0,
+                      help="start no new row after this many seconds (0: no limit)")
   parser.add_argument("--results_md", default="",
                       help="rewrite the block between the bench_step markers of this file")
   parser.add_argument("--from_json", default="",
@@ -641,18 +712,32 @@ def main():
     return
   if args.from_json:
     results = json.loads(pathlib.Path(args.from_json).read_text())
+    for row in results["rows"]:
+      if "error" not in row and "xla_flops_per_step" not in row:
+        # Written before the FLOPs were counted by hand: its flops_per_step is XLA's.
+        config = make_config(row["model"], row["clients"], row["batch"])
+        row["xla_flops_per_step"] = row["flops_per_step"]
+        row["flops_per_step"] = (model_flops_per_example(config.model) * row["clients"]
+                                 * row["batch"])
+        row["gflops"] = row["flops_per_step"] / row["vmapped_s_per_step"] / 1e9
+        row["matmul_fraction"] = row["gflops"] * 1e9 / row["matmul_flops"]
   else:
     if torch is None:
       print("torch is not installed: the torch loop column is skipped")
-    load_before = list(os.getloadavg())
+    load_before, t_start = list(os.getloadavg()), time.time()
     print(TABLE_HEADER, flush=True)
     results = run_rows(args)
     results["load_average_at_start"] = load_before
     results["profile"] = {}
     for item in filter(None, args.profile.split(",")):
+      if args.time_budget_s and time.time() - t_start > args.time_budget_s:
+        print(f"time budget spent: profile {item} not run", flush=True)
+        continue
       model, num_clients = item.split(":")
       results["profile"][item] = profile_step(model, int(num_clients), args.batch,
                                               args.repeats + 2)
+      if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     if args.json:
       pathlib.Path(args.json).write_text(json.dumps(results, indent=1))

@@ -93,11 +93,11 @@ class TorchMTSL:
   """
 
   def __init__(self, model: str, num_clients: int, server_lr: float, client_lr: float,
-               **model_kwargs):
+               device: str = "cpu", **model_kwargs):
     make_bottom, make_server, make_top = make_parts(model, **model_kwargs)
-    self.bottoms = [make_bottom() for _ in range(num_clients)]
-    self.tops = [make_top() for _ in range(num_clients)]
-    self.server = make_server()
+    self.bottoms = [make_bottom().to(device) for _ in range(num_clients)]
+    self.tops = [make_top().to(device) for _ in range(num_clients)]
+    self.server = make_server().to(device)
     self.client_opts = [torch.optim.SGD(list(b.parameters()) + list(t.parameters()),
                                         lr=client_lr)
                         for b, t in zip(self.bottoms, self.tops)]
@@ -108,7 +108,7 @@ class TorchMTSL:
     """One MTSL step on one minibatch per client.
 
     Args:
-      batches: M pairs (x [B, C, H, W] float32, y [B] int64).
+      batches: M pairs (x [B, C, H, W] float32, y [B] int64) on the modules' device.
 
     Returns:
       The M client losses before the step (as the JAX step's 'task_loss').
@@ -126,12 +126,14 @@ class TorchMTSL:
       h.backward(h_down.grad)                                # server grads (summed), cut grad
       smashed.backward(smashed_up.grad)                      # bottom grads
       self.client_opts[m].step()
-      losses.append(loss.item())
+      losses.append(loss.detach())
     # Uniform task weights: Σ_m w_m ∇_φ f_m is the accumulated sum times 1/M.
     for p in self.server.parameters():
       p.grad.mul_(self.weight)
     self.server_opt.step()
-    return losses
+    # One device-to-host copy per step, not one per client: on a GPU each `.item()` would
+    # wait for the device, and that wait belongs to no simulator's algorithm.
+    return torch.stack(losses).tolist()
 
 
 def load_jax_params(sim: TorchMTSL, server_params, client_params) -> None:
