@@ -61,8 +61,8 @@ except ImportError:  # torch is a benchmark-only, optional dependency
 MNIST_TRAIN, MAX_EXAMPLES_PER_CLIENT = 60_000, 256
 INPUT_SHAPE = (28, 28, 1)
 LR = 0.05
-DEFAULT_ROWS = ("mlp:1,mlp:10,mlp:100,mlp:1000,mlp:100:auto:2,mlp:1000:auto:2,"
-                "cnn:1,cnn:10,cnn:100,cnn:1:xla,cnn:10:xla,cnn:10:auto:2,mlp:10000")
+DEFAULT_ROWS = ("mlp:1,mlp:10,mlp:100,mlp:300,mlp:1000,mlp:3000,mlp:1000:auto:2,"
+                "cnn:1,cnn:10,cnn:100,cnn:1:xla,cnn:10:auto:2,mlp:10000")
 RESULTS_BEGIN, RESULTS_END = "<!-- bench_step:begin -->", "<!-- bench_step:end -->"
 
 
@@ -352,7 +352,12 @@ def measure_row(model: str, num_clients: int, conv_impl: str, devices: int, args
   """Every column of one (model, M, conv_impl, client devices) row, in this process."""
   federation = random_federation(num_clients, examples_per_client(num_clients))
   config = make_config(model, num_clients, args.batch, conv_impl=conv_impl, devices=devices)
-  steps = args.steps if model == "mlp" else max(2, args.steps // 5)
+  # Steps per timed call of the runner: train.py runs `log_every` (100 by default) steps per
+  # call. Each call of a jitted program allocates its temporaries afresh, and the first
+  # touch of their pages costs time (page faults: ~0.1 s per call for the CNN at M = 10,
+  # whose convolution patches are ~200 MB), which more steps per call amortize as train.py
+  # does; the CNN's steps are slow, so it runs half as many per call as the MLP.
+  steps = args.steps if model == "mlp" else max(2, args.steps // 2)
   steps = max(2, min(steps, steps * 1000 // num_clients))  # M = 10,000: seconds per step
   # The loops take ~M times longer per step than a vmapped step does at small M; fewer
   # steps per timed call keep every column's call at a comparable length.
@@ -681,7 +686,7 @@ def main():
                       help="model:M[:conv_impl] items; conv_impl 'auto', 'xla', 'patches'")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--steps", type=int, default=20,
-                      help="vmapped MLP steps per timed call (CNN: a fifth)")
+                      help="vmapped MLP steps per timed call (CNN: half)")
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per column")
   parser.add_argument("--loop_max_clients", type=int, default=1000,
                       help="no per-client loops above this M")
