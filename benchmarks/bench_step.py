@@ -489,7 +489,8 @@ def run_rows(args) -> dict:
   """Runs every row in its own subprocess; returns the results with the machine info."""
   rows, t_start = [], time.time()
   results = dict(machine=machine_info(), command=" ".join(sys.argv), rows=rows,
-                 torch_version=torch.__version__ if torch is not None else None)
+                 torch_version=torch.__version__ if torch is not None else None,
+                 omp_wait_policy=args.omp_wait_policy or os.environ.get("OMP_WAIT_POLICY", ""))
   for model, num_clients, impl, devices in parse_rows(args.rows):
     if args.time_budget_s and time.time() - t_start > args.time_budget_s:
       print(f"time budget of {args.time_budget_s} s spent: rows from {model}:{num_clients} "
@@ -500,10 +501,13 @@ def run_rows(args) -> dict:
                                                    "loop_max_clients", "fedavg_max_clients",
                                                    "memory_margin_gib")]
     env = dict(os.environ)
-    # With more processes than cores (a shared machine), OpenMP's default spin-waiting
-    # makes torch's 2-thread step ~100x slower (measured: 100 vs 21,000 MLP samples/s at
-    # M = 10); passive waiting costs nothing measurable on an idle machine.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # PyTorch's OpenMP threads spin a while before they sleep (libgomp's default). On a
+    # quiet machine that is its fastest setting: PASSIVE made its MLP loop 2.7x slower (9.7k
+    # against 26.1k samples/s at M = 100) and left the JAX columns as they were. With more
+    # runnable threads than cores (a shared machine) the spinning made it ~100x slower
+    # (100 against 21,000 samples/s at M = 10), where --omp_wait_policy=PASSIVE helps.
+    if args.omp_wait_policy:
+      env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     if devices > 1:  # the CPU split into `devices` XLA devices, clients sharded over them
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
                           + f" --xla_force_host_platform_device_count={devices}")
@@ -582,7 +586,8 @@ def markdown(results: dict) -> str:
   m = results["machine"]
   lines = [f"Machine: {m['processor']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB; "
            f"{m['platform']}; JAX {m['jax']} ({m['backend']}, {m['device']}); PyTorch "
-           f"{results['torch_version'] or 'not installed (torch loop column skipped)'}; "
+           f"{results['torch_version'] or 'not installed (torch loop column skipped)'}"
+           f"{', OMP_WAIT_POLICY=' + results['omp_wait_policy'] if results.get('omp_wait_policy') else ''}; "
            f"{m['date']}. Load average (1, 5, 15 min) before: "
            f"{', '.join(f'{x:.2f}' for x in results.get('load_average_at_start', []))}; "
            f"after: {', '.join(f'{x:.2f}' for x in m['load_average_at_end'])}.", "",
@@ -695,6 +700,9 @@ def main():
                       help="model:M items whose step is timed part by part ('' for none)")
   parser.add_argument("--memory_margin_gib", type=float, default=1.5,
                       help="skip a row whose runner needs more than the free memory less this")
+  parser.add_argument("--omp_wait_policy", default="",
+                      help="OMP_WAIT_POLICY of the row processes ('' leaves PyTorch's "
+                           "default, the fastest on a quiet machine; PASSIVE on a shared one)")
   parser.add_argument("--json", default="", help="write the results here (after every row)")
   parser.add_argument("--time_budget_s", type=float, default=0,
                       help="start no new row after this many seconds (0: no limit)")

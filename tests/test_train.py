@@ -118,3 +118,23 @@ def test_chunked_steps_equal_single_steps():
   for _ in range(6):
     manual, _ = jax.jit(algorithm.step)(manual, train_data)
   _leaves_equal(one_go, manual)
+
+
+def test_the_runner_updates_the_state_in_place():
+  """The runner keeps no copy of the state: with SGD its temporaries are the gradients
+  (one state's worth) and small activations, not the 2 extra copies of every client's
+  parameters that a `lax.cond` divergence guard made XLA:CPU insert (benchmarks/RESULTS.md).
+  """
+  config = load_config("test")
+  config.data.num_clients = 8
+  config.model.name, config.model.hidden_sizes = "mlp", (256, 64)
+  config.server_optimizer.name = config.client_optimizer.name = "sgd"
+  federation = data.build_federation(config.data, config.seed)
+  from mtsl_jax import algorithms  # pylint: disable=import-outside-toplevel
+  algorithm = algorithms.build_algorithm(config, federation)
+  train_data, _ = data.to_device(federation)
+  state = jax.eval_shape(algorithm.init_state)
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  memory = loop.make_multi_step(algorithm.step).lower(
+      state, train_data, jnp.asarray(5, jnp.int32)).compile().memory_analysis()
+  assert memory.temp_size_in_bytes < 1.5 * state_bytes
