@@ -363,8 +363,8 @@ def measure_row(model: str, num_clients: int, conv_impl: str, devices: int, args
   # steps per timed call keep every column's call at a comparable length.
   loop_steps = max(1, min(steps, round(steps * 10 / num_clients)))
   row = dict(model=model, clients=num_clients, conv_impl=conv_impl, devices=devices,
-             backend=jax.default_backend(), resolved_conv_impl=(models.resolve_conv_impl(conv_impl)
-                                 if model == "cnn" else ""),
+             backend=jax.default_backend(),
+             resolved_conv_impl=(models.resolve_conv_impl(conv_impl) if model == "cnn" else ""),
              batch=args.batch, examples_per_client=examples_per_client(num_clients),
              vmapped_steps_per_call=steps, loop_steps_per_call=loop_steps,
              matmul_flops=matmul_flops_per_second())
@@ -405,8 +405,9 @@ def measure_row(model: str, num_clients: int, conv_impl: str, devices: int, args
     if name in seconds:
       row[f"vmapped_over_{name}"] = row[f"{name}_s_per_step"] / row["vmapped_s_per_step"]
   row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-  if device_memory_stats():  # on an accelerator the state lives in device memory
-    row["peak_device_gib"] = device_memory_stats().get("peak_bytes_in_use", 0) / 2 ** 30
+  device_stats = device_memory_stats()
+  if device_stats:  # on an accelerator the state lives in device memory
+    row["peak_device_gib"] = device_stats.get("peak_bytes_in_use", 0) / 2 ** 30
   return row
 
 
@@ -523,10 +524,15 @@ def run_rows(args) -> dict:
     row["wall_s"] = time.time() - t0
     rows.append(row)
     print(format_row(row), flush=True)
-    if args.json:  # after every row, so that a run cut short keeps what it measured
-      pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+    save_json(results, args.json)  # after every row: a run cut short keeps what it measured
   results["machine"] = machine_info()
   return results
+
+
+def save_json(results: dict, path: str) -> None:
+  """Writes the results so far to `path` (nothing when it is empty)."""
+  if path:
+    pathlib.Path(path).write_text(json.dumps(results, indent=1))
 
 
 def machine_info() -> dict:
@@ -725,15 +731,6 @@ def main():
     return
   if args.from_json:
     results = json.loads(pathlib.Path(args.from_json).read_text())
-    for row in results["rows"]:
-      if "error" not in row and "xla_flops_per_step" not in row:
-        # Written before the FLOPs were counted by hand: its flops_per_step is XLA's.
-        config = make_config(row["model"], row["clients"], row["batch"])
-        row["xla_flops_per_step"] = row["flops_per_step"]
-        row["flops_per_step"] = (model_flops_per_example(config.model) * row["clients"]
-                                 * row["batch"])
-        row["gflops"] = row["flops_per_step"] / row["vmapped_s_per_step"] / 1e9
-        row["matmul_fraction"] = row["gflops"] * 1e9 / row["matmul_flops"]
   else:
     if torch is None:
       print("torch is not installed: the torch loop column is skipped")
@@ -749,11 +746,9 @@ def main():
       model, num_clients = item.split(":")
       results["profile"][item] = profile_step(model, int(num_clients), args.batch,
                                               args.repeats + 2)
-      if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+      save_json(results, args.json)
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
-    if args.json:
-      pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+    save_json(results, args.json)
   block = markdown(results)
   if args.results_md:
     write_results_md(pathlib.Path(args.results_md), block)
