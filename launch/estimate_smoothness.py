@@ -14,23 +14,27 @@ rates and the predicted best ratio η_c/η_s. The bounds are for plain SGD on bo
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# A signal while importing or parsing flags exits with 128 + N and one line.
+from mtsl_jax import signals  # pylint: disable=wrong-import-position  (standard library only)
+signals.install_early_exit()
+
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import numpy as np
-from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
-from mtsl_jax import algorithms, checkpointing, data, smoothness, step_sizes, validation
+from mtsl_jax import algorithms, checkpointing, data, fingerprint, smoothness, step_sizes
+from mtsl_jax import config_files, exit_codes, validation
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/<name>.py).", lock_config=True)
+_CONFIG = config_files.DEFINE_config_file("config", "Experiment config file (configs/<name>.py).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "", "If set and it holds a checkpoint, measure at its latest step.")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Examples per client of the fixed batch.")
-_ITERS = flags.DEFINE_integer("num_iters", 100, "Power-iteration steps per constant.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Examples per client of the fixed batch.",
+                              lower_bound=1)
+_ITERS = flags.DEFINE_integer("num_iters", 100, "Power-iteration steps per constant.",
+                              lower_bound=1)
 
 
 def _fmt(values) -> str:
@@ -41,7 +45,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    exit_codes.quiet_library_logs()  # warnings and up; orbax logs every file at INFO
   config = _CONFIG.value
   if config is None:
     print("error: --config is required, e.g. --config configs/default.py", file=sys.stderr)
@@ -55,7 +59,7 @@ def main(argv):
     ckpt_dir = pathlib.Path(_WORKDIR.value) / "checkpoints" if _WORKDIR.value else None
     state = None
     if ckpt_dir is not None and ckpt_dir.exists():
-      checkpointer = checkpointing.Checkpointer(ckpt_dir, algorithm.fingerprint)
+      checkpointer = checkpointing.Checkpointer(ckpt_dir, fingerprint.of_run(config, federation))
       if checkpointer.latest_step() is not None:
         state = checkpointer.restore(jax.eval_shape(algorithm.init_state))
         where = f"checkpoint step {int(state.step)} of {_WORKDIR.value}"
@@ -95,4 +99,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Failed runs end with os._exit (exit_codes.exit_process): nothing may hang on exit.
+  app.run(lambda argv: exit_codes.exit_process(main(argv)),
+          flags_parser=config_files.parse_flags)

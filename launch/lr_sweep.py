@@ -14,37 +14,50 @@ block constants at initialization, docs/theory.md) and prints the best pairs.
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# A signal while importing or parsing flags exits with 128 + N and one line.
+from mtsl_jax import signals  # pylint: disable=wrong-import-position  (standard library only)
+signals.install_early_exit()
+
 from absl import app
 from absl import flags
-from absl import logging
-from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
-from mtsl_jax import exit_codes, lr_study, plotting
+from mtsl_jax import config_files, exit_codes, lr_study, plotting
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/<name>.py).", lock_config=True)
+_CONFIG = config_files.DEFINE_config_file("config", "Experiment config file (configs/<name>.py).")
 _SERVER_LRS = flags.DEFINE_list("server_lrs", "0.01,0.03,0.1,0.3,1,3", "Server rates.")
 _CLIENT_LRS = flags.DEFINE_list("client_lrs", "0.003,0.01,0.03,0.1,0.3,1", "Client rates.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between test evaluations.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between test evaluations.",
+                                    lower_bound=1)
 _TARGET = flags.DEFINE_float("target_accuracy", 0.8, "Target mean per-task test accuracy.")
-_CHUNK = flags.DEFINE_integer("chunk_size", 0, "Grid points per program; 0: all at once.")
+_CHUNK = flags.DEFINE_integer("chunk_size", 0, "Grid points per program; 0: all at once.",
+                              lower_bound=0)
 _OUT = flags.DEFINE_string("out_dir", "docs/figures", "Where the CSV and PNG go.")
 _NAME = flags.DEFINE_string("name", "sweep", "File name prefix.")
 _SMOOTH_BATCH = flags.DEFINE_integer("smoothness_batch", 256,
-                                     "Examples per client for the block constants.")
+                                     "Examples per client for the block constants.",
+                                     lower_bound=1)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    exit_codes.quiet_library_logs()  # warnings and up; orbax logs every file at INFO
   config = _CONFIG.value
+  if config is None:
+    print("error: --config is required, e.g. --config configs/default.py", file=sys.stderr)
+    return 2
+  try:
+    server_lrs = config_files.finite_positive_floats(_SERVER_LRS.value, "server_lrs")
+    client_lrs = config_files.finite_positive_floats(_CLIENT_LRS.value, "client_lrs")
+  except config_files.CommandLineError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   studies = []
   status = exit_codes.run_reporting_errors(lambda: studies.append(lr_study.run_study(
-      config, _SERVER_LRS.value, _CLIENT_LRS.value, eval_every=_EVAL_EVERY.value,
+      config, server_lrs, client_lrs, eval_every=_EVAL_EVERY.value,
       target=_TARGET.value, chunk_size=_CHUNK.value, smoothness_batch=_SMOOTH_BATCH.value)))
   if status:
     return status
@@ -59,4 +72,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Failed runs end with os._exit (exit_codes.exit_process): nothing may hang on exit.
+  app.run(lambda argv: exit_codes.exit_process(main(argv)),
+          flags_parser=config_files.parse_flags)

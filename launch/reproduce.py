@@ -17,13 +17,16 @@ Default datasets are the CPU suite (MNIST, Fashion-MNIST and their mixture); on 
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# A signal while importing or parsing flags exits with 128 + N and one line.
+from mtsl_jax import signals  # pylint: disable=wrong-import-position  (standard library only)
+signals.install_early_exit()
+
 from absl import app
 from absl import flags
-from absl import logging
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
-from mtsl_jax import exit_codes
+from mtsl_jax import config_files, exit_codes
 from mtsl_jax.comparison import analysis, grid, records, report, runner
 
 _CPU = [name for name, spec in grid.DATASETS.items() if spec.where == "cpu"]
@@ -74,9 +77,11 @@ def main(argv):
           file=sys.stderr)
     return 2
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    exit_codes.quiet_library_logs()  # warnings and up; orbax logs every file at INFO
   return exit_codes.run_reporting_errors(_reproduce)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Failed runs end with os._exit (exit_codes.exit_process): nothing may hang on exit.
+  app.run(lambda argv: exit_codes.exit_process(main(argv)),
+          flags_parser=config_files.parse_flags)

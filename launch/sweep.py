@@ -7,17 +7,19 @@ the seeds of otherwise equal combinations as one vmapped program (see mtsl_jax/s
 seeds that cannot share a program run one after another); results match, to float rounding.
 """
 
-import importlib.util
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# A signal while importing or parsing flags exits with 128 + N and one line.
+from mtsl_jax import signals  # pylint: disable=wrong-import-position  (standard library only)
+signals.install_early_exit()
+
 from absl import app
 from absl import flags
-from absl import logging
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
-from mtsl_jax import exit_codes, sweeps
+from mtsl_jax import config_files, exit_codes, sweeps
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file with get_config() and get_sweep().")
 _DIR = flags.DEFINE_string("dir", None, "Sweep directory (default workdirs/sweeps/<name>).")
@@ -28,18 +30,21 @@ _VMAP_SEEDS = flags.DEFINE_bool("vmap_seeds", False,
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  if not _SWEEP.value or not pathlib.Path(_SWEEP.value).is_file():
-    print(f"error: --sweep must name a sweep file, got {_SWEEP.value!r}", file=sys.stderr)
+    exit_codes.quiet_library_logs()  # warnings and up; orbax logs every file at INFO
+  if not _SWEEP.value:
+    print("error: --sweep must name a sweep file, e.g. --sweep configs/sweeps/lr_synthetic.py",
+          file=sys.stderr)
     return 2
-  spec = importlib.util.spec_from_file_location("sweep_file", _SWEEP.value)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  loaded = []  # (config, sweep); a bad file is one line naming it (config_files)
+  status = exit_codes.run_reporting_errors(
+      lambda: loaded.append(config_files.load_sweep_file(_SWEEP.value)))
+  if status:
+    return status
+  (config, sweep), = loaded
   sweep_dir = _DIR.value or f"workdirs/sweeps/{pathlib.Path(_SWEEP.value).stem}"
   rows = []
   status = exit_codes.run_reporting_errors(lambda: rows.extend(
-      sweeps.run_sweep(module.get_config(), module.get_sweep(), sweep_dir,
-                       vmap_seeds=_VMAP_SEEDS.value)))
+      sweeps.run_sweep(config, sweep, sweep_dir, vmap_seeds=_VMAP_SEEDS.value)))
   if status:
     return status
   best = sweeps.best_run(rows)
@@ -48,4 +53,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Failed runs end with os._exit (exit_codes.exit_process): nothing may hang on exit.
+  app.run(lambda argv: exit_codes.exit_process(main(argv)),
+          flags_parser=config_files.parse_flags)

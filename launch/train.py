@@ -1,10 +1,12 @@
 """Train and evaluate one experiment: `python launch/train.py --config configs/default.py`.
 
 Any field can be overridden, e.g. `--config.server_optimizer.learning_rate=0.05`
-(the config is locked: a misspelled field is an error). Config and data mistakes print
-one line naming the field and exit with status 2 (so do unreadable or mismatched
-checkpoints); divergence exits with status 3; SIGINT/SIGTERM finish the current chunk of
-steps, checkpoint and exit with status 130/143 (rerun with the same --workdir to resume).
+(the config is locked: a misspelled field is an error). Config and data mistakes (a
+missing or broken config file, an unknown field, a value of the wrong type or out of
+range) print one line naming the file or field and exit with status 2 before anything is
+loaded (so do unreadable or mismatched checkpoints); divergence exits with status 3;
+SIGINT/SIGTERM finish the current chunk of steps, checkpoint and exit with status 130/143
+(rerun with the same --workdir to resume).
 
 Multi-process (multi-host) runs start every process with the same command plus
 `--distributed` (TPU pods, SLURM, Open MPI: the cluster is detected) or
@@ -15,17 +17,18 @@ Bad combinations of these flags print one line naming the flag and exit with sta
 import pathlib
 import sys
 
-from absl import app
-from absl import logging
-from absl import flags
-from ml_collections import config_flags
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-# pylint: disable=wrong-import-position
-from mtsl_jax import distributed, exit_codes, train
+# A signal while importing or parsing flags exits with 128 + N and one line.
+from mtsl_jax import signals  # pylint: disable=wrong-import-position  (standard library only)
+signals.install_early_exit()
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/<name>.py).", lock_config=True)
+from absl import app
+from absl import flags
+
+# pylint: disable=wrong-import-position
+from mtsl_jax import config_files, distributed, exit_codes, train, validation
+
+_CONFIG = config_files.DEFINE_config_file("config", "Experiment config file (configs/<name>.py).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "workdirs/default", "Directory for checkpoints and metrics; reruns resume.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -44,10 +47,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    exit_codes.quiet_library_logs()  # warnings and up; orbax logs every file at INFO
   if _CONFIG.value is None:
     print("error: --config is required, e.g. --config configs/default.py", file=sys.stderr)
     return 2
+  # Before the distributed setup, which may wait for the other processes: a bad config
+  # fails at once (train_and_evaluate validates again, for callers in Python).
+  status = exit_codes.run_reporting_errors(lambda: validation.validate_config(_CONFIG.value))
+  if status:
+    return status
   try:
     # Before anything touches a JAX backend: jax.distributed refuses to start afterwards.
     distributed.initialize(distributed.DistributedArgs(
@@ -62,4 +70,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Failed runs end with os._exit (exit_codes.exit_process): nothing may hang on exit.
+  app.run(lambda argv: exit_codes.exit_process(main(argv)),
+          flags_parser=config_files.parse_flags)

@@ -3,7 +3,10 @@
 Every experiment config in `configs/` starts from `base_config()` and overrides a few
 fields, so this file is the single reference for what a field means and what it accepts.
 `mtsl_jax.validation.validate_config` checks a config against the choices listed here
-before anything is loaded or compiled.
+before anything is loaded or compiled: every value must have its default's Python type
+(an int field takes a Python int, not True and not a numpy integer), and sizes, counts,
+intervals and the seed have documented upper bounds (validation.py, "Upper bounds").
+Config files and `--config.field=value` overrides are read by `mtsl_jax.config_files`.
 """
 
 import ml_collections
@@ -35,7 +38,7 @@ def optimizer_config(name: str = "sgd", learning_rate: float = 0.1) -> ml_collec
 def base_config() -> ml_collections.ConfigDict:
   """All fields with their defaults: MTSL on the embedded Synthetic(1, 1) data."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0                        # in [0, 2**32 - 1], the range of JAX's PRNG keys
   c.algorithm = "mtsl"
 
   # ---- data -------------------------------------------------------------------------

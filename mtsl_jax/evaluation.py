@@ -18,12 +18,17 @@ PyTree = Any
 
 
 def pad_examples(x: jax.Array, y: jax.Array, multiple: int) -> tuple[jax.Array, jax.Array]:
-  """Pads the example axis (axis 1) of client arrays to a multiple of `multiple`."""
+  """Pads the example axis (axis 1) of client arrays to a multiple of `multiple`.
+
+  numpy inputs are padded on the host (so that sharded runs place the padded arrays
+  straight onto their devices), jax arrays where they live.
+  """
   pad = (-x.shape[1]) % multiple
   if not pad:
     return x, y
-  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-  return x, jnp.pad(y, [(0, 0), (0, pad)])
+  xp = np if isinstance(x, np.ndarray) else jnp
+  x = xp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  return x, xp.pad(y, [(0, 0), (0, pad)])
 
 
 def make_evaluate(logits_fn: Callable[[PyTree, jax.Array], jax.Array],

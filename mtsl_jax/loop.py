@@ -1,14 +1,22 @@
-"""Many training steps in one jitted call, with averaged metrics and a divergence guard.
+"""Many training steps in one jitted call, with a metric window and a divergence guard.
 
 `make_multi_step(step)` turns any algorithm's pure `step(state, data) -> (state, metrics)`
-into `run(state, data, num_steps) -> (state, summary)`: a `lax.while_loop` whose trip count is
-a traced argument, so chunks of any length between logs, evaluations and checkpoints share
-ONE compiled program. The state is donated.
+into a `Runner`: `run(state, data, num_steps, window) -> (state, summary)`, a
+`lax.while_loop` whose trip count is a traced argument, so chunks of any length between
+logs, evaluations and checkpoints share ONE compiled program. The state is donated.
 
-Divergence: a step whose metrics report a non-finite value ('finite/server' false or any
-'finite/clients' false) is not applied; the loop keeps the last good state, skips the rest of
-the chunk and reports the step and the side, which `train.py` turns into an error. So a
-diverged run never overwrites its last good state or checkpoint.
+Metric window: the sums of every metric since the last log travel in and out of each
+call (`window`), so a logged average covers exactly the steps since the previous log,
+however the steps between were cut into chunks (by evaluations, checkpoints or a resume:
+the window is checkpointed with the state). Accumulating inside the loop, in step order,
+makes the logged values bitwise independent of the chunking.
+
+Divergence: a step whose metrics report a non-finite value (any `finite/*` flag false:
+the algorithms flag non-finite losses, gradients and updated parameters) is not
+applied; the loop keeps the last good state, skips the rest of the chunk and reports the
+step and every flag of that step, which `raise_if_diverged` turns into an error naming
+what became non-finite where. So a diverged run never overwrites its last good state or
+checkpoint.
 """
 
 from typing import Any, Callable
@@ -18,79 +26,165 @@ import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
+FLAG_PREFIX = "finite/"
 
 
 class NonFiniteError(FloatingPointError):
-  """Training produced a non-finite loss or gradient; the message names step and side."""
+  """Training produced a non-finite value; the message names the step and what diverged."""
 
 
-def make_multi_step(step_fn: Callable[[PyTree, PyTree], tuple[PyTree, dict]],
-                    donate: bool = True) -> Callable:
-  """Wraps `step_fn` into a jitted multi-step runner.
+def _is_flag(key: str) -> bool:
+  return key.startswith(FLAG_PREFIX)
 
-  Args:
-    step_fn: pure `(state, data) -> (state, metrics)`; metrics must contain the boolean
-      'finite/server' (scalar) and 'finite/clients' ([M]) entries; all other entries are
-      averaged over the steps run.
-    donate: donate the input state's buffers to the output.
 
-  Returns:
-    `run(state, data, num_steps) -> (state, summary)`; summary holds the mean of every
-    metric over the steps applied, 'steps_run', and 'bad_step' (-1 when all were finite),
-    'bad_server' and 'bad_clients' describing the first non-finite step.
+class Runner:
+  """A jitted multi-step runner (see the module docstring); built by `make_multi_step`.
+
+  Call it as `run(state, data, num_steps, window=None)`; `window=None` starts an empty
+  window (see `empty_window`). Returns `(state, summary)`: `summary['mean']` holds the
+  window's mean of every metric, `summary['window']` the window to pass to the next call
+  (or to reset with None after a log), `summary['steps_run']` the steps applied in this
+  call, `summary['bad_step']` the state step of the first non-finite step (-1 if none),
+  and `summary['flags']` every `finite/*` flag of that step (all True if none).
   """
 
-  def run(state, data, num_steps):
-    _, metrics_shape = jax.eval_shape(step_fn, state, data)
-    sums0 = {k: jnp.zeros(v.shape, jnp.float32) for k, v in metrics_shape.items()
-             if not k.startswith("finite/")}
-    carry0 = dict(state=state, sums=sums0, done=jnp.zeros((), jnp.int32),
+  def __init__(self, step_fn: Callable, donate: bool):
+    self._step_fn = step_fn
+    self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate else ())
+
+  def empty_window(self, state, data) -> dict:
+    """Zero sums for every non-flag metric of `step_fn`, and a zero step count."""
+    _, shapes = jax.eval_shape(self._step_fn, state, data)
+    return {"sums": {k: np.zeros(v.shape, np.float32) for k, v in shapes.items()
+                     if not _is_flag(k)},
+            "count": np.zeros((), np.int32)}
+
+  def _run(self, state, data, num_steps, window):
+    _, shapes = jax.eval_shape(self._step_fn, state, data)
+    carry0 = dict(state=state, window=window, done=jnp.zeros((), jnp.int32),
                   bad_step=-jnp.ones((), jnp.int32),
-                  bad_server=jnp.zeros((), bool),
-                  bad_clients=jnp.zeros(metrics_shape["finite/clients"].shape, bool))
+                  flags={k: jnp.ones(v.shape, bool) for k, v in shapes.items() if _is_flag(k)})
 
     def body(carry):
-      new_state, metrics = step_fn(carry["state"], data)
-      ok = metrics["finite/server"] & jnp.all(metrics["finite/clients"])
+      new_state, metrics = self._step_fn(carry["state"], data)
+      flags = {k: v for k, v in metrics.items() if _is_flag(k)}
+      ok = jnp.all(jnp.stack([jnp.all(v) for v in flags.values()]))
       # The guard is a select, not a `lax.cond` between the new and the old state: a select
       # fuses into the elementwise optimizer updates, which then write the state in place,
       # where each branch of a cond returned its own copy of the whole state (two copies of
       # every client's parameters per step; without them the MLP at M = 1000 clients runs
       # 14% faster on a CPU and needs 3/4 of the memory; benchmarks/RESULTS.md).
       keep = lambda new, old: jnp.where(ok, new, old)
+      sums = carry["window"]["sums"]
       return dict(
           state=jax.tree.map(keep, new_state, carry["state"]),
-          sums={k: carry["sums"][k] + jnp.where(ok, metrics[k].astype(jnp.float32), 0.0)
-                for k in carry["sums"]},
+          window={"sums": {k: sums[k] + jnp.where(ok, metrics[k].astype(jnp.float32), 0.0)
+                           for k in sums},
+                  "count": carry["window"]["count"] + ok.astype(jnp.int32)},
           done=carry["done"] + ok.astype(jnp.int32),
           bad_step=jnp.where(ok, -1, carry["state"].step.astype(jnp.int32)),
-          bad_server=~ok & ~metrics["finite/server"],
-          bad_clients=~ok & ~metrics["finite/clients"])
+          flags={k: jnp.where(ok, True, v) for k, v in flags.items()})
 
     # A while loop rather than a fixed trip count: the chunk ends at its first non-finite
     # step, so the steps after it are not computed.
     out = jax.lax.while_loop(
         lambda c: (c["done"] < num_steps) & (c["bad_step"] < 0), body, carry0)
-    done = jnp.maximum(out["done"], 1).astype(jnp.float32)
-    summary = {k: v / done for k, v in out["sums"].items()}
-    summary.update(steps_run=out["done"], bad_step=out["bad_step"],
-                   bad_server=out["bad_server"], bad_clients=out["bad_clients"])
+    count = jnp.maximum(out["window"]["count"], 1).astype(jnp.float32)
+    summary = {"mean": {k: v / count for k, v in out["window"]["sums"].items()},
+               "window": out["window"], "steps_run": out["done"],
+               "bad_step": out["bad_step"], "flags": out["flags"]}
     return out["state"], summary
 
-  return jax.jit(run, donate_argnums=(0,) if donate else ())
+  def __call__(self, state, data, num_steps, window=None):
+    if window is None:
+      window = self.empty_window(state, data)
+    return self._jitted(state, data, jnp.asarray(num_steps, jnp.int32), window)
+
+  def lower(self, state, data, num_steps):
+    """The lowered program for these argument shapes (memory and cost analyses)."""
+    return self._jitted.lower(state, data, jnp.asarray(num_steps, jnp.int32),
+                              self.empty_window(state, data))
+
+  def _cache_size(self) -> int:
+    return self._jitted._cache_size()  # pylint: disable=protected-access
+
+
+def make_multi_step(step_fn: Callable[[PyTree, PyTree], tuple[PyTree, dict]],
+                    donate: bool = True) -> Runner:
+  """Wraps `step_fn` into a jitted multi-step runner.
+
+  Args:
+    step_fn: pure `(state, data) -> (state, metrics)`; metrics named `finite/...` are
+      boolean flags (True where finite; any False rejects the step); all other entries
+      are summed into the metric window. The state must have a scalar `step`.
+    donate: donate the input state's buffers to the output.
+
+  Returns:
+    A `Runner`.
+  """
+  return Runner(step_fn, donate)
+
+
+def _indices(flag) -> list[int]:
+  return [int(i) for i in np.flatnonzero(~np.asarray(flag, bool).reshape(-1))]
+
+
+def describe_flags(flags: dict) -> list[str]:
+  """Human-readable phrases for the false entries of one bad step's `finite/*` flags.
+
+  `finite/losses` [M] -> the loss of those tasks; `finite/server` -> the server's gradient
+  or updated parameters; `finite/clients` [M] -> those clients' gradients or updated
+  parameters; any other flag by its name.
+
+  Args:
+    flags: host copies of the flags of one (replica's) bad step.
+
+  Returns:
+    One phrase per kind of flag that has false entries (empty when all are true).
+  """
+  out = []
+  if _indices(flags.get("finite/losses", True)):
+    out.append(f"the loss of task(s) {_indices(flags['finite/losses'])}")
+  if _indices(flags.get("finite/server", True)):
+    out.append("the server's gradient or updated parameters")
+  if _indices(flags.get("finite/clients", True)):
+    out.append(f"the gradients or updated parameters of client(s) "
+               f"{_indices(flags['finite/clients'])}")
+  for key in sorted(set(flags) - {"finite/losses", "finite/server", "finite/clients"}):
+    if _indices(flags[key]):
+      out.append(f"{key[len(FLAG_PREFIX):]} {_indices(flags[key])}")
+  return out
+
+
+def advice(flags: dict) -> str:
+  """What to change after a divergence with these flags (inputs are checked finite when
+  the data are built, so a non-finite value means the parameters diverged)."""
+  server = bool(_indices(flags.get("finite/server", True)))
+  clients = bool(_indices(flags.get("finite/clients", True)))
+  losses = bool(_indices(flags.get("finite/losses", True)))
+  if server and not clients and not losses:
+    side = "server_optimizer.learning_rate"
+  elif clients and not server and not losses:
+    side = "client_optimizer.learning_rate"
+  else:
+    side = "server_optimizer.learning_rate and/or client_optimizer.learning_rate"
+  return (f"the data were checked finite, so the parameters diverged: lower {side}, or "
+          "clip gradients (grad_clip_norm)")
 
 
 def raise_if_diverged(summary: dict) -> None:
-  """Raises NonFiniteError naming the step and side if the chunk hit a non-finite value.
+  """Raises NonFiniteError naming the step and what became non-finite, if anything did.
 
   Args:
-    summary: host copy of a `run` summary.
+    summary: host copy of a `Runner` summary.
+
+  Raises:
+    NonFiniteError: the chunk stopped at a non-finite step.
   """
   bad_step = int(summary["bad_step"])
   if bad_step < 0:
     return
-  clients = [int(i) for i in np.flatnonzero(np.asarray(summary["bad_clients"]))]
-  sides = (["server"] if bool(summary["bad_server"]) else []) + [f"client {m}" for m in clients]
+  flags = summary["flags"]
   raise NonFiniteError(
-      f"non-finite loss or gradient at step {bad_step + 1} on: {', '.join(sides)}; "
-      "the state was kept at the last finite step (lower the learning rate of that side)")
+      f"non-finite values at step {bad_step + 1} in: {'; '.join(describe_flags(flags))}; the "
+      f"state was kept at step {bad_step} (the last finite one); {advice(flags)}")

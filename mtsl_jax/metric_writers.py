@@ -8,7 +8,8 @@ metrics.jsonl holds only what the computation determines (no wall-clock values),
 same config and seed give the same file byte for byte on CPU; wall time and throughput go
 to `<workdir>/timing.jsonl`. A run resuming from step s first drops the records after s
 (written by the interrupted run after its last checkpoint; the resumed run writes them
-again), so a resumed run's metrics.jsonl equals an uninterrupted run's.
+again), so a resumed run's metrics.jsonl equals an uninterrupted run's. A last line torn
+by a crash is repaired; any other damage is refused in one line (`MetricsFileError`).
 """
 
 import json
@@ -34,6 +35,9 @@ class MetricWriter:
     start_step: the step the run starts from (0, or the restored checkpoint's step);
       records of metrics.jsonl after it are dropped before appending.
     tensorboard: also write TensorBoard event files.
+
+  Raises:
+    MetricsFileError: metrics.jsonl holds lines this library did not write.
   """
 
   def __init__(self, workdir: str | pathlib.Path, start_step: int = 0,
@@ -42,6 +46,7 @@ class MetricWriter:
     workdir.mkdir(parents=True, exist_ok=True)
     self.path = workdir / "metrics.jsonl"
     _truncate_after(self.path, start_step)
+    _end_with_newline(workdir / "timing.jsonl")
     self._file = open(self.path, "a", encoding="utf-8")
     self._timing = open(workdir / "timing.jsonl", "a", encoding="utf-8")
     self._tb = SummaryWriter(str(workdir / "tensorboard")) if tensorboard else None
@@ -89,23 +94,72 @@ class DiscardingWriter:
     pass
 
 
+class MetricsFileError(ValueError):
+  """A run's metrics.jsonl is damaged in a way that cannot be repaired safely."""
+
+
+def _parse_record(line: bytes) -> dict | None:
+  """The record of one line, or None if it is not a JSON object with an integer step."""
+  try:
+    record = json.loads(line.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    return None
+  if not isinstance(record, dict) or type(record.get("step")) is not int:  # pylint: disable=unidiomatic-typecheck
+    return None
+  return record
+
+
 def _truncate_after(path: pathlib.Path, step: int) -> None:
-  """Drops records with a step after `step`, atomically (write aside, then rename)."""
+  """Drops records with a step after `step`, repairing a torn last line; atomically.
+
+  The only damage a crash can do to an append-only file written a line at a time is a
+  last line cut short (no final newline): it is dropped, or, if it is a complete record
+  whose newline was lost, kept with its newline (so the next record never lands on the
+  same line). Any other line that is not a record (undecodable bytes, not JSON, not an
+  object with an integer 'step') was not written by this library: the file is refused,
+  unchanged, rather than silently rewritten.
+
+  Raises:
+    MetricsFileError: naming the file, the line and what to do.
+  """
   if not path.exists():
     return
-  with open(path, encoding="utf-8") as f:
-    lines = [line for line in f if line.strip()]
-  kept = []
-  for line in lines:
-    try:
-      if json.loads(line)["step"] <= step:
-        kept.append(line)
-    except (json.JSONDecodeError, KeyError):
-      pass  # a line cut short by a crash mid-write
-  if len(kept) != len(lines):
+  raw = path.read_bytes()
+  lines = raw.split(b"\n")
+  torn = lines.pop()  # b"" when the file ends with a newline
+  kept, changed = [], bool(torn)
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      changed = True
+      continue
+    record = _parse_record(line)
+    if record is None:
+      raise MetricsFileError(
+          f"{path} line {number} is not a metrics record (a JSON object with an integer "
+          f"'step'): {line[:80]!r}; repair or move the file away to resume (nothing was "
+          "changed)")
+    if record["step"] <= step:
+      kept.append(line)
+    else:
+      changed = True
+  if torn:
+    record = _parse_record(torn)
+    if record is not None and record["step"] <= step:
+      kept.append(torn)
+  if changed:
     tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(kept)
+    tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _end_with_newline(path: pathlib.Path) -> None:
+  """Drops a torn last line of an append-only log (timing.jsonl) before appending."""
+  if not path.exists() or path.stat().st_size == 0:
+    return
+  raw = path.read_bytes()
+  if not raw.endswith(b"\n"):
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_bytes(raw[:raw.rfind(b"\n") + 1])
     os.replace(tmp, path)
 
 

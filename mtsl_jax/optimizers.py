@@ -34,12 +34,28 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
   raise ValueError(f"schedule must be one of {SCHEDULE_NAMES}, got {config.schedule!r}")
 
 
+def _direction(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimizer's update direction before weight decay and the learning rate."""
+  if config.name == "sgd":
+    return optax.identity()
+  if config.name in ("momentum", "nesterov"):
+    return optax.trace(decay=config.momentum, nesterov=config.name == "nesterov")
+  if config.name in ("adam", "adamw"):
+    return optax.scale_by_adam()
+  raise ValueError(f"optimizer name must be one of {OPTIMIZER_NAMES}, got {config.name!r}")
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
   """An optax optimizer from one optimizer section.
 
-  Weight decay is decoupled (added to the update before the learning rate scales it), so
-  `sgd` with weight decay is SGDW; gradient clipping, if on, acts on the raw gradient.
+  Weight decay is decoupled for every optimizer (Loshchilov & Hutter, 2019): the update
+  is `-lr * (direction + weight_decay * params)`, where the direction is the gradient
+  (sgd), its momentum trace (momentum, nesterov) or Adam's scaled moment (adam, adamw);
+  the decay never enters the momentum or Adam's moments. So `sgd` with weight decay is
+  SGDW, `momentum` SGDW with momentum, and `adam` with weight decay is AdamW (the names
+  `adam` and `adamw` build the same optimizer). Gradient clipping, if on, acts on the raw
+  gradient.
 
   Args:
     config: an optimizer section, see `config_base.optimizer_config`.
@@ -49,22 +65,17 @@ def make_optimizer(config: ml_collections.ConfigDict,
     An `optax.GradientTransformation`.
   """
   lr = make_schedule(config, total_steps)
-  if config.name == "sgd":
+  if config.weight_decay > 0:
+    core = optax.chain(_direction(config), optax.add_decayed_weights(config.weight_decay),
+                       optax.scale_by_learning_rate(lr))
+  elif config.name == "sgd":
     core = optax.sgd(lr)
-  elif config.name == "momentum":
-    core = optax.sgd(lr, momentum=config.momentum)
-  elif config.name == "nesterov":
-    core = optax.sgd(lr, momentum=config.momentum, nesterov=True)
-  elif config.name == "adam":
+  elif config.name in ("momentum", "nesterov"):
+    core = optax.sgd(lr, momentum=config.momentum, nesterov=config.name == "nesterov")
+  elif config.name in ("adam", "adamw"):
     core = optax.adam(lr)
-  elif config.name == "adamw":
-    core = optax.adamw(lr, weight_decay=config.weight_decay)
   else:
     raise ValueError(f"optimizer name must be one of {OPTIMIZER_NAMES}, got {config.name!r}")
-  parts = []
   if config.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if config.weight_decay > 0 and config.name != "adamw":
-    # Decoupled decay scaled by the learning rate: applied before `core` rescales.
-    parts.append(optax.add_decayed_weights(config.weight_decay))
-  return optax.chain(*parts, core) if parts else core
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), core)
+  return core

@@ -14,22 +14,22 @@ How a group runs (`train_seeds`):
   * each seed's train and test `ClientArrays` are padded with zeros to the largest N over
     the seeds (counts unchanged, so sampling and evaluation never reach the padding) and
     stacked; the seeds' initial states are stacked likewise;
-  * the vmapped step is wrapped for `loop.make_multi_step`, so chunks, the divergence guard
-    and the traced trip count are exactly those of `train.py`. The runner's guard needs a
-    scalar 'finite/server', so the wrapper all-reduces it over seeds, and reports
-    'finite/clients' as [S, 1 + M]: column 0 is seed s's server flag, the rest its clients.
-    A non-finite value anywhere stops every seed at the last good step (the group shares
-    one loop), and `raise_if_diverged` names the seed(s) and side(s);
+  * the vmapped step is wrapped for `loop.make_multi_step`, so chunks, the metric window,
+    the divergence guard and the traced trip count are exactly those of `train.py`. A
+    non-finite value anywhere stops every seed at the last good step (the group shares
+    one loop), and `raise_if_diverged` names the seed(s) and what diverged;
   * each seed writes metrics.jsonl, timing.jsonl, tensorboard/ and config.json to its OWN
     workdir, as an ordinary run would, so plots and sweeps read it unchanged;
-  * the stacked state is checkpointed in a group directory (fingerprint: seed 0's plus the
-    seed list), so an interrupted group resumes exactly. The seeds' own workdirs hold no
-    checkpoints.
+  * the stacked state is checkpointed in a group directory (fingerprint: the config's,
+    with the seed list for the seed and a digest of every seed's data), so an interrupted
+    group resumes exactly. The seeds' own workdirs hold no checkpoints; the group
+    directory and every seed's workdir are locked while the group runs.
 
 Since every seed keeps its own keys, a vmapped seed ends with the parameters of that seed
 run alone, up to float rounding of batched kernels.
 """
 
+import contextlib
 import copy
 import pathlib
 import time
@@ -42,12 +42,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtsl_jax import algorithms, checkpointing, data, evaluation, loop, metric_writers
-from mtsl_jax import train, validation
+from mtsl_jax import algorithms, checkpointing, data, evaluation, fingerprint, loop
+from mtsl_jax import metric_writers, signals, train, validation
+from mtsl_jax import workdir as workdirs_lib
 from mtsl_jax.algorithms import mtsl
 
 PyTree = Any
-# pylint: disable=protected-access  (train.py's helpers are reused, not duplicated)
 
 
 @struct.dataclass
@@ -118,38 +118,33 @@ def make_seed_step(step: Callable) -> Callable:
     step: an Algorithm's `(state, data) -> (state, metrics)`.
 
   Returns:
-    `(SeedStates, stacked data) -> (SeedStates, metrics)`; metrics have a leading S axis,
-    except 'finite/server' (all seeds' server flags, all-reduced) and 'finite/clients'
-    ([S, 1 + M], column 0 the seed's server flag) for the runner's guard.
+    `(SeedStates, stacked data) -> (SeedStates, metrics)`; every metric, flags included,
+    has a leading S axis (the runner rejects a step if any flag of any seed is false).
   """
   vstep = jax.vmap(step)
 
   def seed_step(group: SeedStates, stacked_data):
     states, metrics = vstep(group.states, stacked_data)
-    out = {k: v for k, v in metrics.items() if not k.startswith("finite/")}
-    server = metrics["finite/server"]
-    out["finite/server"] = jnp.all(server)
-    out["finite/clients"] = jnp.concatenate(
-        [server[:, None], metrics["finite/clients"].reshape(server.shape[0], -1)], axis=1)
-    return SeedStates(states), out
+    return SeedStates(states), metrics
 
   return seed_step
 
 
 def raise_if_diverged(summary: dict, seeds: Sequence[int]) -> None:
-  """Raises loop.NonFiniteError naming the seed(s), step and side(s) of a bad chunk."""
+  """Raises loop.NonFiniteError naming the seed(s), step and what became non-finite."""
   bad_step = int(summary["bad_step"])
   if bad_step < 0:
     return
-  flags = np.asarray(summary["bad_clients"])  # [S, 1 + M]: True where non-finite
-  parts = []
-  for s, row in zip(seeds, flags):
-    sides = (["server"] if row[0] else []) + [f"client {m}" for m in np.flatnonzero(row[1:])]
-    if sides:
-      parts.append(f"seed {s}: {', '.join(sides)}")
+  parts, worst = [], None
+  for s, seed in enumerate(seeds):
+    flags = {k: np.asarray(v)[s] for k, v in summary["flags"].items()}
+    names = loop.describe_flags(flags)
+    if names:
+      parts.append(f"seed {seed}: {'; '.join(names)}")
+      worst = worst or flags
   raise loop.NonFiniteError(
-      f"non-finite loss or gradient at step {bad_step + 1} on {'; '.join(parts)}; every "
-      "seed of the group was kept at the last finite step (lower that side's learning rate)")
+      f"non-finite values at step {bad_step + 1} in {' | '.join(parts)}; every seed of the "
+      f"group was kept at step {bad_step} (the last finite one); {loop.advice(worst)}")
 
 
 def _stack(trees: Sequence[PyTree]) -> PyTree:
@@ -215,55 +210,61 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     c.seed = seed
     validation.validate_config(c)
     configs.append(c)
-  feds = [data.build_federation(c.data, c.seed) for c in configs]
-  for c, fed in zip(configs, feds):
-    validation.validate_label_spaces(c, fed.num_classes)
-  algs = [algorithms.build_algorithm(c, fed) for c, fed in zip(configs, feds)]
+  feds, algs = zip(*[train.prepare_run(c) for c in configs])
   ok, reason = can_vmap_seeds(configs, algs, [f.train_counts for f in feds], allow_single)
   if not ok:
     logging.warning("seeds %s run one after another: %s", list(seeds), reason)
     if verbose:
       print(f"seed_batch: seeds {list(seeds)} run one after another: {reason}", flush=True)
     return [fallback_fn(c, w, verbose=verbose) for c, w in zip(configs, workdirs)]
-  return _train_group(configs, feds, algs, [pathlib.Path(w) for w in workdirs],
-                      pathlib.Path(group_dir or default_group_dir(workdirs, seeds)), verbose)
+  group_dir = workdirs_lib.check_workdir(group_dir or default_group_dir(workdirs, seeds))
+  workdirs = [workdirs_lib.check_workdir(w) for w in workdirs]
+  with signals.stop_requests() as stop, contextlib.ExitStack() as locks:
+    for w in [group_dir, *workdirs]:
+      locks.enter_context(workdirs_lib.locked(w))
+    return _train_group(configs, feds, algs, workdirs, group_dir, stop, verbose)
 
 
-def _train_group(configs, feds, algs, workdirs, group_dir, verbose) -> list[train.TrainResult]:
-  """The vmapped run of `train_seeds` (checks done)."""
+def _train_group(configs, feds, algs, workdirs, group_dir, stop: signals.StopRequests,
+                 verbose) -> list[train.TrainResult]:
+  """The vmapped run of `train_seeds` (checks done, directories locked)."""
   config, seeds, alg0 = configs[0], [c.seed for c in configs], algs[0]
-  for c, w in zip(configs, workdirs):
-    w.mkdir(parents=True, exist_ok=True)
-    train._write_config(c, w)
-  on_device = [data.to_device(f) for f in feds]
-  n_train = max(int(tr.x.shape[1]) for tr, _ in on_device)
-  n_test = max(int(te.x.shape[1]) for _, te in on_device)
-  train_data = _stack_on_host([_pad_clients(tr, n_train) for tr, _ in on_device])
-  chunk = min(config.eval_batch_size, n_test)
-  # Whole evaluation chunks: the test axis padded to a multiple of `chunk` at once.
-  padded = [_pad_clients(te, -(-n_test // chunk) * chunk) for _, te in on_device]
-  test_x, test_y = _stack_on_host([t.x for t in padded]), _stack_on_host([t.y for t in padded])
-  test_counts = _stack_on_host([te.counts for _, te in on_device])
-  evaluate = jax.jit(jax.vmap(evaluation.make_evaluate(
-      alg0.logits, jnp.asarray(alg0.num_classes_M), chunk)))
-  run_steps = loop.make_multi_step(make_seed_step(alg0.step))
-  init_all = lambda: _stack([alg.init_state() for alg in algs])
-
-  fingerprint = dict(alg0.fingerprint, seeds=list(seeds))
-  checkpointer = checkpointing.Checkpointer(group_dir / "checkpoints", fingerprint,
+  digest = fingerprint.data_digest([np.frombuffer(fingerprint.federation_digest(f).encode(),
+                                                  np.uint8) for f in feds])
+  fp = fingerprint.run_fingerprint(config, digest, seeds=list(seeds))
+  fp["config"].pop("seed")  # the group's seeds are the `seeds` entry
+  checkpointer = checkpointing.Checkpointer(group_dir / "checkpoints", fp,
                                             config.max_checkpoints_to_keep)
-  writers = []
+  writers, abandon = [], False
   try:
-    if checkpointer.latest_step() is not None:
+    step = train.check_resume(checkpointer, config)
+    writers = [metric_writers.MetricWriter(w, start_step=step) for w in workdirs]
+    for c, w in zip(configs, workdirs):
+      train.write_config(c, w)
+    on_host = [data.to_host(f) for f in feds]
+    n_train = max(int(tr.x.shape[1]) for tr, _ in on_host)
+    n_test = max(int(te.x.shape[1]) for _, te in on_host)
+    train_data = _stack_on_host([_pad_clients(tr, n_train) for tr, _ in on_host])
+    chunk = min(config.eval_batch_size, n_test)
+    # Whole evaluation chunks: the test axis padded to a multiple of `chunk` at once.
+    padded = [_pad_clients(te, -(-n_test // chunk) * chunk) for _, te in on_host]
+    test_x, test_y = _stack_on_host([t.x for t in padded]), _stack_on_host([t.y for t in padded])
+    test_counts = _stack_on_host([te.counts for _, te in on_host])
+    evaluate = jax.jit(jax.vmap(evaluation.make_evaluate(
+        alg0.logits, jnp.asarray(alg0.num_classes_M), chunk)))
+    run_steps = loop.make_multi_step(make_seed_step(alg0.step))
+    init_all = lambda: _stack([alg.init_state() for alg in algs])
+    empty_window = run_steps.empty_window(SeedStates(jax.eval_shape(init_all)), train_data)
+    if step:
       states = checkpointer.restore(jax.eval_shape(init_all))
+      window = checkpointer.restore_window(empty_window)
     else:
       # Eagerly, op by op: op compilations are cached by shape, so the seeds after the
       # first (and later groups of the same model in this process) initialize in a
       # fraction of a second, where a jit per seed compiles each seed's closure anew.
       states = _stack_on_host([alg.init_state() for alg in algs])
+      window = empty_window
     group = SeedStates(states)
-    step = int(group.step)
-    writers = [metric_writers.MetricWriter(w, start_step=step) for w in workdirs]
     if verbose:
       print(f"seed_batch: {config.algorithm}, seeds {seeds} vmapped; "
             f"{'resuming from step ' + str(step) if step else 'starting'} -> "
@@ -275,43 +276,43 @@ def _train_group(configs, feds, algs, workdirs, group_dir, verbose) -> list[trai
               for s, f in enumerate(feds)]
 
     train_metrics, eval_metrics = [{} for _ in seeds], None
-    with train._stop_on_signals() as stop:
-      while step < config.num_steps:
-        target = train._next_boundary(step, config)
-        t0 = time.perf_counter()
-        group, summary = run_steps(group, train_data, jnp.asarray(target - step, jnp.int32))
-        summary = jax.device_get(summary)
-        raise_if_diverged(summary, seeds)
-        elapsed = time.perf_counter() - t0
-        step = target
-        for w in writers:
-          w.write_timing(step, {"chunk_seconds": elapsed, "seeds": len(seeds),
-                                "steps_per_second": int(summary["steps_run"]) / elapsed})
-        if step % config.log_every == 0 or step == config.num_steps:
-          train_metrics = [train._train_summary(  # pylint: disable=protected-access
-              {k: v[s] for k, v in summary.items() if not _runner_only(k)}, alg,
-              jax.tree.map(lambda x, s=s: x[s], group.states), step)
-                           for s, alg in enumerate(algs)]
-          for w, m in zip(writers, train_metrics):
-            w.write(step, m)
-        if step % config.eval_every == 0 or step == config.num_steps:
-          eval_metrics = evaluate_now(group)
-          for w, m in zip(writers, eval_metrics):
-            w.write(step, m)
-        train.checkpoint_at_boundary(checkpointer, config, step, group.states,
-                                     stop["signal"], "rerun the same command to resume")
+    stop.start_training()
+    while step < config.num_steps:
+      target = train.next_boundary(step, config)
+      t0 = time.perf_counter()
+      group, summary = run_steps(group, train_data, target - step, window)
+      summary = jax.device_get(summary)
+      raise_if_diverged(summary, seeds)
+      elapsed = time.perf_counter() - t0
+      step, window = target, summary["window"]
+      for w in writers:
+        w.write_timing(step, {"chunk_seconds": elapsed, "seeds": len(seeds),
+                              "steps_per_second": int(summary["steps_run"]) / elapsed})
+      if step % config.log_every == 0 or step == config.num_steps:
+        train_metrics = [train._train_summary(  # pylint: disable=protected-access
+            {k: v[s] for k, v in summary["mean"].items()}, alg,
+            jax.tree.map(lambda x, s=s: x[s], group.states), step)
+                         for s, alg in enumerate(algs)]
+        for w, m in zip(writers, train_metrics):
+          w.write(step, m)
+        window = empty_window
+      if step % config.eval_every == 0 or step == config.num_steps:
+        eval_metrics = evaluate_now(group)
+        for w, m in zip(writers, eval_metrics):
+          w.write(step, m)
+      train.checkpoint_at_boundary(checkpointer, config, step, group.states, window,
+                                   stop.signum, "rerun the same command to resume")
     if eval_metrics is None:  # resumed a finished group: evaluate what was restored
       eval_metrics = evaluate_now(group)
     checkpointer.wait()
+  except signals.TrainingInterrupted as e:
+    abandon = e.immediate  # stop now: do not wait for a save in progress
+    raise
   finally:
     for w in writers:
       w.close()
-    checkpointer.close()
+    if not abandon:
+      checkpointer.close()
   return [train.TrainResult(state=jax.tree.map(lambda a, s=s: a[s], group.states),
                             eval_metrics=e, train_metrics=t, algorithm=alg)
           for s, (e, t, alg) in enumerate(zip(eval_metrics, train_metrics, algs))]
-
-
-def _runner_only(key: str) -> bool:
-  """Summary entries of the runner itself (not per seed)."""
-  return key in ("steps_run", "bad_step", "bad_server", "bad_clients")

@@ -2,27 +2,99 @@
 
 A mistake gets a `ConfigError` whose one-line message names the field and what is allowed,
 e.g. `config.split.client_top_blocks: must be 0 with orientation 'bottom' (the server holds
-the head); got 1`. `launch/train.py` prints it and exits with status 2, no traceback.
-Checks that need the data (more clients than examples, ...) raise `data.DataError` while
-the federation is built, which is still before compilation.
+the head); got 1`. The launchers print it and exit with status 2, no traceback
+(`mtsl_jax/exit_codes.py`; config files and command-line overrides are read by
+`mtsl_jax/config_files.py`). Checks that need the data (more clients than examples, ...)
+raise `data.DataError` while the federation is built, which is still before compilation.
+
+What is checked, in order:
+  * the schema (`check_schema`): no unknown or missing field, every value of its field's
+    Python type (numpy scalars refused: see `numpy_scalar_problem`), tuple elements too;
+  * every single-field rule (`_rules`): choices, ranges, and an upper bound on every size,
+    count and interval, each with the reason it is where it is (see "Upper bounds");
+  * the rules that tie fields together (data names and shapes, the split, client groups,
+    the federated baselines' section);
+  * a lower bound on the memory the run needs (`memory_estimate`) against the machine's.
 """
 
+import difflib
 import math
-from typing import Any, Callable
+import os
+from typing import Any, Callable, NamedTuple
 
 import ml_collections
+import numpy as np
 
 from mtsl_jax import algorithms, client_groups, config_base, models, optimizers, split
+from mtsl_jax.algorithms import federated
+from mtsl_jax.data import synthetic
 
 ALGORITHMS = tuple(algorithms.ALGORITHMS)
 SPLIT_ALGORITHMS = ("mtsl", "splitfed_v1", "splitfed_v2")  # the ones config.split cuts
 DATA_SOURCES = ("synthetic", "tfds", "npz")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+# Known before anything is loaded: for the checks on the CNN's depth and on mixtures, and
+# for the memory estimate. (npz shapes are only known once the file is read.)
+TFDS_INPUT_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+                     "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
+TFDS_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 PARTITIONS = ("iid", "dirichlet", "shards")
 NOISE_PROFILES = ("constant", "linear")
 TASK_WEIGHTS = ("uniform", "data_size")
 IMPLEMENTATIONS = ("fused", "protocol")
 DTYPES = ("float32", "bfloat16")
+
+# ---- Upper bounds -------------------------------------------------------------------------
+# Generous for research, small enough that a slip (an extra zero or three, a seed pasted
+# from elsewhere) fails here, in one line, instead of overflowing, exhausting the memory
+# or hanging hours into a run. Sizes are further held to the memory estimate below.
+INT32_MAX = 2**31 - 1
+# jax.random.PRNGKey keeps only the low 32 bits of a seed while 64-bit mode is off
+# (PRNGKey(2**32) equals PRNGKey(0), and from 2**63 it raises OverflowError), so a larger
+# seed would silently repeat another seed's parameters and minibatches. numpy's
+# SeedSequence (data/partition.py's derive_rng) takes any int >= 0, so JAX sets the range.
+MAX_SEED = 2**32 - 1
+# The step counter of every state, the number of steps handed to the compiled loop and
+# the PRNG fold-in indices are int32. An interval longer than num_steps is allowed: the
+# loop logs, evaluates and checkpoints at the end anyway.
+MAX_STEPS = INT32_MAX
+# The clients are one vmapped axis held by one process (or sharded over devices); the
+# largest run measured is M = 10,000 (benchmarks/RESULTS.md), and building the data loops
+# over the clients in Python.
+MAX_CLIENTS = 100_000
+# Per client per step (and per evaluation chunk). [M, B, ...] minibatches are drawn every
+# step; at B = 65,536 every client of every dataset here is already trained full-batch.
+MAX_BATCH = 65_536
+# A 65,536 x 65,536 dense layer alone is 16 GiB of float32 parameters.
+MAX_UNITS = 65_536
+# A 3x3 convolution from 4,096 to 4,096 channels is 576 MiB of float32 parameters.
+MAX_CHANNELS = 4_096
+# Every block is its own Flax module, unrolled in the compiled step: compilation time
+# grows with the depth. The CNN halves the image per block, so 16 outlast any image side.
+MAX_DENSE_BLOCKS = 64
+MAX_CONV_BLOCKS = 16
+MAX_BLOCKS_PER_STAGE = 64
+# Synthetic data: a flattened 224 x 224 x 3 image has 150,528 features.
+MAX_FEATURES = 1_000_000
+MAX_CLASSES = 100_000
+MAX_EXAMPLES = 10_000_000
+# Client sizes are int(exp(N(mean, sigma^2))) + 50 cast to int64 (data/synthetic.py), so
+# exp(mean + 8 sigma) must stay below 2**63 = e^43.67: a larger draw becomes a negative
+# size. Among even MAX_CLIENTS clients a draw beyond 8 sigma has probability < 1e-10.
+# FedProx's Synthetic uses mean 4, sigma 2 (the default); this allows sigma up to 4.8.
+MAX_LOGNORMAL_TAIL = 43.0
+LOGNORMAL_SIGMAS = 8
+# FedAvg-style rounds draw all K local minibatches of every client at once ([M, K, B, ...]),
+# so K multiplies the batch memory; papers use K up to a few hundred.
+MAX_LOCAL_STEPS = 100_000
+# FedEM trains every component on every client (M x C models, vmapped); its paper uses 3.
+MAX_COMPONENTS = 256
+# Beyond ~1e3 the Dirichlet shares are already uniform to within 1%; near 1e307 numpy's
+# draw overflows and returns all-zero shares (every example to one client).
+MAX_DIRICHLET_ALPHA = 1e6
+# Variances and noise levels of float32 inputs: the inputs are standardized (or drawn)
+# with unit scale, so 1e6 is already pure noise; near 1e38 float32 overflows to inf.
+MAX_SCALE = 1e6
 
 
 class ConfigError(ValueError):
@@ -40,11 +112,112 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
   return value
 
 
+def unknown_field_message(name: str, known) -> str:
+  """'unknown field', the closest known name (difflib) and the known names.
+
+  Args:
+    name: the misspelled last part of the field's path.
+    known: the names that exist at that level.
+
+  Returns:
+    The message, without the `config.<field>: ` prefix.
+  """
+  known = sorted(known)
+  close = difflib.get_close_matches(name, known, n=1)
+  hint = f"did you mean {close[0]!r}? " if close else ""
+  return f"unknown field; {hint}known fields here: {known}"
+
+
+def expected_kind(field: str) -> str:
+  """What a field of `config_base.base_config()` accepts, in words ('an integer', ...).
+
+  Args:
+    field: a dotted field path.
+
+  Returns:
+    The description; 'a known field' if the path is not in the schema.
+  """
+  try:
+    default = _get(config_base.base_config(), field)
+  except (KeyError, AttributeError):
+    return "a known field"
+  if isinstance(default, ml_collections.ConfigDict):
+    return f"a section (set its fields one at a time, e.g. config.{field}.{next(iter(default))})"
+  if isinstance(default, bool):
+    return "true or false"
+  if isinstance(default, int):
+    return "an integer"
+  if isinstance(default, float):
+    return "a finite number"
+  if isinstance(default, str):
+    return "a string"
+  return "a tuple, e.g. '(1, 2)'"
+
+
+def numpy_scalar_problem(value, python_type: str) -> str | None:
+  """Why a numpy scalar is refused where a Python scalar is expected; None if it is not one.
+
+  Config files can compute values with numpy. ConfigDict refuses np.int64 for an int field
+  but not inside a tuple or in a section built from a dict, and the run's records are JSON:
+  the checkpoint fingerprint and config.json would fail on or misstate an np.int64 or
+  np.bool_, and np.float32(0.1) is not 0.1. np.float64 is a Python float and stays allowed.
+
+  Args:
+    value: a config value.
+    python_type: 'int', 'float' or 'bool': what the field takes, for the message.
+
+  Returns:
+    The message (without `config.<field>: `), or None.
+  """
+  if isinstance(value, np.generic) and not isinstance(value, (float, str)):
+    kind = f"numpy.{type(value).__name__}"
+    return (f"got {value!r}, a {kind}; use a Python {python_type} "
+            f"({python_type}(value) converts it)")
+  return None
+
+
+def _python_type_of(value) -> str:
+  if isinstance(value, (bool, np.bool_)):
+    return "bool"
+  if isinstance(value, (int, np.integer)):
+    return "int"
+  return "float"
+
+
+# Tuple fields whose elements have one type: (element type, what it is in words).
+_TUPLE_ELEMENTS = {
+    "model.hidden_sizes": (int, "an integer"),
+    "model.cnn_features": (int, "an integer"),
+    "model.resnet_widths": (int, "an integer"),
+    "split.client_lr_multipliers": (float, "a number"),
+}
+
+
+def _check_tuple(field: str, value) -> None:
+  """Tuples: every element (at any depth) a Python scalar, of the field's element type."""
+  def walk(v, where):
+    if isinstance(v, (tuple, list)):
+      for i, item in enumerate(v):
+        walk(item, f"{where}[{i}]")
+      return
+    problem = numpy_scalar_problem(v, _python_type_of(v))
+    if problem:
+      raise ConfigError(field, f"element {where}: {problem}")
+  walk(value, "")
+  if field in _TUPLE_ELEMENTS:
+    kind, words = _TUPLE_ELEMENTS[field]
+    for i, item in enumerate(value):
+      ok = (isinstance(item, (int, float)) if kind is float else isinstance(item, int))
+      if isinstance(item, bool) or not ok:
+        raise ConfigError(field, f"element [{i}] must be {words}, got {item!r} "
+                          f"({type(item).__name__}) in {tuple(value)!r}")
+
+
 def _check_schema(config, base, prefix: str = "") -> None:
   """Unknown fields and wrong types, against `config_base.base_config()`."""
   for key in config.keys():
     if key not in base:
-      raise ConfigError(prefix + key, f"unknown field; known fields here: {sorted(base.keys())}")
+      raise ConfigError(prefix + key, unknown_field_message(key, base.keys()))
   for key, default in base.items():
     field = prefix + key
     if key not in config:
@@ -54,7 +227,13 @@ def _check_schema(config, base, prefix: str = "") -> None:
       if not isinstance(value, ml_collections.ConfigDict):
         raise ConfigError(field, f"must be a section (ConfigDict), got {value!r}")
       _check_schema(value, default, field + ".")
-    elif isinstance(default, bool):
+      continue
+    expected = ("bool" if isinstance(default, bool) else "int" if isinstance(default, int)
+                else "float" if isinstance(default, float) else None)
+    problem = numpy_scalar_problem(value, expected or _python_type_of(value))
+    if problem:
+      raise ConfigError(field, problem)
+    if isinstance(default, bool):
       if not isinstance(value, bool):
         raise ConfigError(field, f"must be true or false, got {value!r}")
     elif isinstance(default, float):
@@ -69,45 +248,77 @@ def _check_schema(config, base, prefix: str = "") -> None:
     elif isinstance(default, tuple):
       if not isinstance(value, (tuple, list)):
         raise ConfigError(field, f"must be a tuple, got {value!r}")
+      _check_tuple(field, value)
+
+
+def check_schema(config: ml_collections.ConfigDict) -> None:
+  """The schema part of `validate_config`: fields and types, not values.
+
+  Args:
+    config: a config that should follow `config_base.base_config()`.
+
+  Raises:
+    ConfigError: an unknown or missing field, or a value of the wrong type.
+  """
+  _check_schema(config, config_base.base_config())
+
+
+def _int_in(lo: int, hi: int) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: lo <= v <= hi), f"an integer >= {lo} and <= {hi}"
+
+
+def _ints_in(lo: int, hi: int, max_len: int) -> tuple[Callable[[Any], bool], str]:
+  return ((lambda v: 0 < len(v) <= max_len and all(lo <= i <= hi for i in v)),
+          f"a non-empty tuple of at most {max_len} integers >= {lo} and <= {hi}")
 
 
 def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
   """(field, predicate, what is allowed) for every single-field rule."""
   is_pos = lambda v: v > 0
-  positive_ints = lambda v: len(v) > 0 and all(isinstance(i, int) and i > 0 for i in v)
   one_of = lambda choices: (lambda v: v in choices, f"one of {choices}")
+  up_to = lambda hi: (lambda v: 0 <= v <= hi, f"a number in [0, {hi:g}]")
+  lognormal_mean = c.data.synthetic.examples_lognormal_mean
   rules = [
-      ("seed", lambda v: v >= 0, "an integer >= 0"),
+      ("seed", lambda v: 0 <= v <= MAX_SEED, f"an integer >= 0 and <= {MAX_SEED} (JAX's PRNG keys "
+       "keep 32 bits of the seed: a larger one would repeat a smaller one's run)"),
       ("algorithm", *one_of(ALGORITHMS)),
       ("data.source", *one_of(DATA_SOURCES)),
-      ("data.num_clients", lambda v: v >= 1, "an integer >= 1"),
+      ("data.num_clients", *_int_in(1, MAX_CLIENTS)),
       ("data.partition", *one_of(PARTITIONS)),
-      ("data.dirichlet_alpha", is_pos, "a number > 0"),
-      ("data.classes_per_client", lambda v: v >= 1, "an integer >= 1"),
-      ("data.min_examples_per_client", lambda v: v >= 1, "an integer >= 1"),
+      ("data.dirichlet_alpha", lambda v: 0 < v <= MAX_DIRICHLET_ALPHA,
+       f"a number in (0, {MAX_DIRICHLET_ALPHA:g}]"),
+      ("data.classes_per_client", *_int_in(1, MAX_CLASSES)),
+      ("data.min_examples_per_client", *_int_in(1, MAX_EXAMPLES)),
       ("data.max_examples_per_client", lambda v: v >= 0, "an integer >= 0 (0: no cap)"),
       ("data.validation_fraction", lambda v: 0 <= v < 1, "a number in [0, 1)"),
       ("data.evaluate_on", lambda v: v == "test" or (
           v == "validation" and c.data.validation_fraction > 0),
        "'test', or 'validation' with data.validation_fraction > 0"),
-      ("data.feature_noise_std", lambda v: v >= 0, "a number >= 0"),
+      ("data.feature_noise_std", *up_to(MAX_SCALE)),
       ("data.label_noise_rate", lambda v: 0 <= v < 1, "a number in [0, 1)"),
       ("data.noise_profile", *one_of(NOISE_PROFILES)),
-      ("data.synthetic.alpha", lambda v: v >= 0, "a variance >= 0"),
-      ("data.synthetic.beta", lambda v: v >= 0, "a variance >= 0"),
-      ("data.synthetic.num_features", lambda v: v >= 1, "an integer >= 1"),
-      ("data.synthetic.num_classes", lambda v: v >= 2, "an integer >= 2"),
+      ("data.synthetic.alpha", lambda v: 0 <= v <= MAX_SCALE, f"a variance in [0, {MAX_SCALE:g}]"),
+      ("data.synthetic.beta", lambda v: 0 <= v <= MAX_SCALE, f"a variance in [0, {MAX_SCALE:g}]"),
+      ("data.synthetic.num_features", *_int_in(1, MAX_FEATURES)),
+      ("data.synthetic.num_classes", *_int_in(2, MAX_CLASSES)),
       ("data.synthetic.min_classes", lambda v: v == 0 or 2 <= v <= c.data.synthetic.num_classes,
        "0, or an integer in [2, data.synthetic.num_classes]"),
-      ("data.synthetic.examples_lognormal_sigma", lambda v: v >= 0, "a number >= 0"),
-      ("data.synthetic.max_examples", lambda v: v >= 2, "an integer >= 2"),
+      ("data.synthetic.examples_lognormal_mean", lambda v: v <= MAX_LOGNORMAL_TAIL,
+       f"a number <= {MAX_LOGNORMAL_TAIL:g} (client sizes exp(N(mean, sigma^2)) beyond "
+       "e^43.67 overflow int64)"),
+      ("data.synthetic.examples_lognormal_sigma",
+       lambda v: v >= 0 and lognormal_mean + LOGNORMAL_SIGMAS * v <= MAX_LOGNORMAL_TAIL,
+       f"a number in [0, {(MAX_LOGNORMAL_TAIL - lognormal_mean) / LOGNORMAL_SIGMAS:g}] "
+       f"(examples_lognormal_mean + {LOGNORMAL_SIGMAS} * sigma <= {MAX_LOGNORMAL_TAIL:g}, so "
+       f"an {LOGNORMAL_SIGMAS}-sigma client size still fits in int64)"),
+      ("data.synthetic.max_examples", *_int_in(2, MAX_EXAMPLES)),
       ("data.synthetic.test_fraction", lambda v: 0 < v < 1, "a number in (0, 1)"),
       ("model.name", *one_of(models.MODEL_NAMES)),
-      ("model.hidden_sizes", positive_ints, "a non-empty tuple of positive integers"),
-      ("model.cnn_features", positive_ints, "a non-empty tuple of positive integers"),
-      ("model.cnn_dense", is_pos, "an integer > 0"),
-      ("model.resnet_widths", positive_ints, "a non-empty tuple of positive integers"),
-      ("model.resnet_blocks_per_stage", is_pos, "an integer > 0"),
+      ("model.hidden_sizes", *_ints_in(1, MAX_UNITS, MAX_DENSE_BLOCKS)),
+      ("model.cnn_features", *_ints_in(1, MAX_CHANNELS, MAX_CONV_BLOCKS)),
+      ("model.cnn_dense", *_int_in(1, MAX_UNITS)),
+      ("model.resnet_widths", *_ints_in(1, MAX_CHANNELS, MAX_CONV_BLOCKS)),
+      ("model.resnet_blocks_per_stage", *_int_in(1, MAX_BLOCKS_PER_STAGE)),
       ("model.dtype", *one_of(DTYPES)),
       ("model.conv_impl", *one_of(models.CONV_IMPLS)),
       ("split.orientation", *one_of(split.ORIENTATIONS)),
@@ -116,15 +327,14 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("split.task_weights", *one_of(TASK_WEIGHTS)),
       ("split.implementation", *one_of(IMPLEMENTATIONS)),
       ("split.client_lr_multipliers",
-       lambda v: len(v) in (0, c.data.num_clients) and all(
-           isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in v),
+       lambda v: len(v) in (0, c.data.num_clients) and all(m > 0 for m in v),
        "() or one positive number per client (data.num_clients of them)"),
-      ("batch_size", is_pos, "an integer > 0"),
-      ("num_steps", is_pos, "an integer > 0"),
-      ("log_every", is_pos, "an integer > 0"),
-      ("eval_every", is_pos, "an integer > 0"),
-      ("checkpoint_every", is_pos, "an integer > 0"),
-      ("eval_batch_size", is_pos, "an integer > 0"),
+      ("batch_size", *_int_in(1, MAX_BATCH)),
+      ("num_steps", *_int_in(1, MAX_STEPS)),
+      ("log_every", *_int_in(1, MAX_STEPS)),
+      ("eval_every", *_int_in(1, MAX_STEPS)),
+      ("checkpoint_every", *_int_in(1, MAX_STEPS)),
+      ("eval_batch_size", *_int_in(1, MAX_BATCH)),
       ("max_checkpoints_to_keep", is_pos, "an integer > 0"),
       ("parallel.client_devices", lambda v: v >= 0, "an integer >= 0 (0: all devices)"),
   ]
@@ -158,6 +368,25 @@ def _check_data_names(c) -> None:
   if c.data.source == "synthetic" and c.model.name != "mlp":
     raise ConfigError("model.name", f"must be 'mlp' for synthetic (vector) data, got "
                       f"{c.model.name!r}; cnn and resnet need image data")
+  if c.data.source == "tfds":
+    _check_tfds_shapes(c, names)
+
+
+def _check_tfds_shapes(c, names: list[str]) -> None:
+  """What the known TFDS image shapes decide before anything is loaded."""
+  shapes = {name: TFDS_INPUT_SHAPES[name] for name in names}
+  if len(set(shapes.values())) > 1:
+    raise ConfigError("data.name", "mixed datasets must share one input shape, got "
+                      + ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in shapes.items()))
+  height, width, _ = next(iter(shapes.values()))
+  # Each CNN block max-pools 2x2 (floor), so after floor(log2(side)) blocks the feature
+  # map is 1 x 1 and one more leaves it empty: the dense block would see no input at all
+  # and the run would train only biases, silently.
+  most = int(math.log2(min(height, width)))
+  if c.model.name == "cnn" and len(c.model.cnn_features) > most:
+    raise ConfigError("model.cnn_features", f"each block halves the {height}x{width} "
+                      f"{c.data.name} images, so at most {most} blocks keep a pixel; got "
+                      f"{len(c.model.cnn_features)} blocks {tuple(c.model.cnn_features)}")
 
 
 def _check_split(c) -> None:
@@ -231,16 +460,32 @@ def require_one_client_architecture(c, tool: str) -> None:
 def _check_fl(c) -> None:
   """The federated baselines' section: ranges, and FedRep's head against the model."""
   rules = [
-      ("fl.local_steps", lambda v: v >= 1, "an integer >= 1"),
+      ("fl.local_steps", *_int_in(1, MAX_LOCAL_STEPS)),
       ("fl.client_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
       ("fl.fedrep_head_blocks", lambda v: v >= 0, "an integer >= 0"),
-      ("fl.fedrep_head_steps", lambda v: v >= 0, "an integer >= 0"),
-      ("fl.num_components", lambda v: v >= 1, "an integer >= 1"),
+      ("fl.fedrep_head_steps", *_int_in(0, MAX_LOCAL_STEPS)),
+      ("fl.num_components", *_int_in(1, MAX_COMPONENTS)),
   ]
   for field, predicate, allowed in rules:
     value = _get(c, field)
     if not predicate(value):
       raise ConfigError(field, f"must be {allowed}; got {value!r}")
+  # SplitFed's split step j = round * K + k indexes fold_in with an int32 (splitfed.py).
+  if (c.algorithm in ("splitfed_v1", "splitfed_v2")
+      and c.num_steps * c.fl.local_steps > INT32_MAX):
+    raise ConfigError("fl.local_steps", f"num_steps x fl.local_steps counts SplitFed's split "
+                      f"steps in an int32, so it must be <= {INT32_MAX}; got {c.num_steps} x "
+                      f"{c.fl.local_steps}")
+  # SplitFed v2's one server model takes K steps per sampled client per round, and optax
+  # evaluates a decaying schedule with the total as an int32 (a linear schedule beyond it
+  # fails inside the compiled step).
+  server_steps = c.num_steps * c.fl.local_steps * federated.num_sampled(
+      c.fl.client_fraction, c.data.num_clients)
+  if (c.algorithm == "splitfed_v2" and c.server_optimizer.schedule != "constant"
+      and server_steps > INT32_MAX):
+    raise ConfigError("server_optimizer.schedule", f"must be 'constant' when SplitFed v2's "
+                      f"server takes more than {INT32_MAX} steps (num_steps x fl.local_steps x "
+                      f"sampled clients = {server_steps}): decaying schedules count in int32")
   n = models.num_blocks(c.model)
   if c.algorithm == "fedrep" and c.fl.fedrep_head_blocks >= n:
     raise ConfigError("fl.fedrep_head_blocks", f"the {c.model.name} has {n} blocks and the "
@@ -248,16 +493,212 @@ def _check_fl(c) -> None:
                       f"{c.fl.fedrep_head_blocks}")
 
 
+# ---- Memory ------------------------------------------------------------------------------
+# A lower bound on the bytes a run holds at once, from the config alone (no data, no JAX):
+# the parameters and optimizer slots of every model copy the algorithm keeps or trains at
+# once, one step's (one round's) minibatches and, for Synthetic, the padded client arrays,
+# all float32. A config whose bound exceeds the machine's physical memory cannot run: it is
+# refused here, naming the fields that drive the largest part, instead of swapping or being
+# killed minutes later. Activations, gradients and XLA's buffers come on top of the bound.
+_BYTES = 4
+# Optimizer state per parameter (optimizers.py): momentum's trace, Adam's two moments.
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
+# The federated baselines vmap a round's K local steps over ALL M clients, drawing every
+# minibatch of the round at once (local_training.draw_batches: [M, K, B, ...]).
+_ROUND_ALGORITHMS = ("fedavg", "fedem", "fedrep", "splitfed_v1", "splitfed_v2")
+
+
+class MemoryEstimate(NamedTuple):
+  """Lower bounds, in bytes, of what one run holds in memory at once.
+
+  Attributes:
+    client_state: parameters and optimizer slots of the per-client model copies.
+    server_state: those of the server's (or the global) model.
+    batches: one step's (for the federated baselines one round's) minibatches.
+    data: the padded client arrays for Synthetic data; 0 for datasets read from disk.
+    client_copies: the per-client copies that client_state counts.
+    client_params: parameters of one client copy.
+  """
+  client_state: int
+  server_state: int
+  batches: int
+  data: int
+  client_copies: float
+  client_params: int
+
+  @property
+  def total(self) -> int:
+    return self.client_state + self.server_state + self.batches + self.data
+
+
+def physical_memory_bytes() -> int:
+  """The machine's physical memory (what the memory estimate is compared with)."""
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _input_shape_and_classes(c) -> tuple[tuple[int, ...] | None, int]:
+  """One example's shape (None: unknown before loading) and the largest label space."""
+  if c.data.source == "synthetic":
+    return (c.data.synthetic.num_features,), c.data.synthetic.num_classes
+  if c.data.source == "tfds":
+    names = c.data.name.split(",")
+    return TFDS_INPUT_SHAPES[names[0]], max(TFDS_NUM_CLASSES[n] for n in names)
+  return None, 2  # npz: the file says; the smallest case keeps this a lower bound
+
+
+def block_param_counts(model_config, input_shape: tuple[int, ...] | None,
+                       num_classes: int) -> list[int]:
+  """Parameters of each block `models.make_blocks` builds, counted from the config alone.
+
+  Args:
+    model_config: the `model` section (validated).
+    input_shape: one example's shape; None when unknown (npz), which counts the smallest
+      input (one feature, one 1x1 pixel), so the counts stay lower bounds.
+    num_classes: outputs of the head.
+
+  Returns:
+    One count per block, in `models.make_blocks`' order.
+  """
+  m = model_config
+  if m.name == "mlp":
+    width = math.prod(input_shape) if input_shape else 1
+    counts = []
+    for units in m.hidden_sizes:
+      counts.append(width * units + units)  # kernel and bias
+      width = units
+    return counts + [width * num_classes + num_classes]
+  height, width, channels = input_shape if input_shape and len(input_shape) == 3 else (1, 1, 1)
+  if m.name == "cnn":
+    counts = []
+    for features in m.cnn_features:
+      counts.append(25 * channels * features + features)  # 5x5 kernel and bias
+      height, width, channels = height // 2, width // 2, features  # 'SAME', then 2x2 pool
+    dense = m.cnn_dense
+    return counts + [height * width * channels * dense + dense, dense * num_classes + num_classes]
+  widths = m.resnet_widths
+  counts = [9 * channels * widths[0] + 2 * widths[0]]  # 3x3 kernel (no bias), GroupNorm
+  channels = widths[0]
+  for stage, features in enumerate(widths):
+    count = 0
+    for block in range(m.resnet_blocks_per_stage):
+      stride = 2 if stage > 0 and block == 0 else 1
+      count += 9 * channels * features + 9 * features * features + 4 * features
+      if channels != features or stride != 1:
+        count += channels * features  # the shortcut's 1x1 projection
+      channels = features
+    counts.append(count)
+  return counts + [channels * num_classes + num_classes]  # global pool, then dense
+
+
+def memory_estimate(c) -> MemoryEstimate:
+  """A lower bound on the memory a run of `c` needs (see the comment above).
+
+  Args:
+    c: a config that passed every other check of `validate_config`.
+
+  Returns:
+    The bound, by part.
+  """
+  input_shape, num_classes = _input_shape_and_classes(c)
+  counts = block_param_counts(c.model, input_shape, num_classes)
+  n, total = len(counts), sum(counts)
+  per_c = 1 + OPTIMIZER_SLOTS.get(c.client_optimizer.name, 0)
+  per_s = 1 + OPTIMIZER_SLOTS.get(c.server_optimizer.name, 0)
+  num_clients = c.data.num_clients
+  client, server = total, 0
+  if c.algorithm in SPLIT_ALGORITHMS:
+    b, t = c.split.client_bottom_blocks, c.split.client_top_blocks
+    client = sum(counts[:b]) + sum(counts[n - t:])
+    server = total - client
+  copies = float(num_clients)
+  if c.algorithm == "mtsl":
+    # Narrower client groups hold fewer parameters: at most the configured count times
+    # the width ratio squared (a free block's inputs and outputs both scale).
+    if c.model.client_width_groups:
+      copies = sum(g * min(1.0, r) ** 2 for g, r in c.model.client_width_groups)
+    client_state, server_state = copies * client * per_c, server * per_s
+  elif c.algorithm == "splitfed_v1":  # a server-side copy per client as well
+    client_state, server_state = copies * (client * per_c + server * per_s), total
+  elif c.algorithm == "splitfed_v2":
+    client_state, server_state = copies * client * per_c, server * per_s + client
+  elif c.algorithm == "fedem":
+    copies *= c.fl.num_components
+    client_state, server_state = copies * total * per_c, c.fl.num_components * total * per_s
+  elif c.algorithm == "centralized":
+    copies, client_state, server_state = 0.0, 0, total * per_s
+  elif c.algorithm == "local":
+    client_state, server_state = copies * total * per_c, 0
+  else:  # fedavg, fedrep: every client trains a full copy each round
+    client_state, server_state = copies * total * per_c, total * per_s
+  steps = 1
+  if c.algorithm in _ROUND_ALGORITHMS:
+    steps = c.fl.local_steps + (c.fl.fedrep_head_steps if c.algorithm == "fedrep" else 0)
+  example = (math.prod(input_shape) if input_shape else 1) + 1  # inputs and an int32 label
+  batches = steps * num_clients * c.batch_size * example
+  data_bytes = 0
+  if c.data.source == "synthetic":
+    s = c.data.synthetic
+    sizes = synthetic.client_sizes(num_clients, s.examples_lognormal_mean,
+                                   s.examples_lognormal_sigma, s.max_examples, c.seed)
+    # Train and test are each padded to their largest client, together >= the largest size.
+    data_bytes = num_clients * int(sizes.max()) * s.num_features
+  return MemoryEstimate(int(client_state * _BYTES), int(server_state * _BYTES),
+                        batches * _BYTES, data_bytes * _BYTES, copies,
+                        client if c.algorithm in SPLIT_ALGORITHMS else total)
+
+
+def _size(num_bytes: float) -> str:
+  for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+    if num_bytes >= scale:
+      return f"{num_bytes / scale:.1f} {unit}"
+  return f"{num_bytes / 2**10:.1f} KiB"
+
+
+def _check_memory(c) -> None:
+  """Refuses a config whose memory lower bound exceeds the machine's physical memory.
+
+  Only with `parallel.client_devices` == 1, where one process holds the whole state (a
+  multi-process run must shard it); sharded runs hold a share per device and host.
+  """
+  if c.parallel.client_devices != 1:
+    return
+  est, available = memory_estimate(c), physical_memory_bytes()
+  if est.total <= available:
+    return
+  size_field = {"mlp": "model.hidden_sizes", "cnn": "model.cnn_dense",
+                "resnet": "model.resnet_widths"}[c.model.name]
+  parts = [
+      (est.client_state, "data.num_clients",
+       f"client state {_size(est.client_state)} ({est.client_copies:g} client copies of "
+       f"{est.client_params:,} parameters with the {c.client_optimizer.name!r} optimizer's "
+       "state)", f"data.num_clients, the model's size ({size_field}) or the client optimizer"),
+      (est.server_state, size_field, f"server state {_size(est.server_state)}",
+       f"the model's size ({size_field})"),
+      (est.batches, "batch_size", f"minibatches {_size(est.batches)}",
+       "batch_size, data.num_clients or fl.local_steps"),
+      (est.data, "data.synthetic.max_examples", f"synthetic data {_size(est.data)}",
+       "data.synthetic.max_examples, data.synthetic.num_features or data.num_clients"),
+  ]
+  _, field, _, lower = max(parts, key=lambda part: part[0])
+  described = ", ".join(text for size, _, text, _ in parts if size)
+  raise ConfigError(field, f"the run needs at least {_size(est.total)} of memory, more than "
+                    f"this machine's {_size(available)}: {described}; lower {lower}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks every field of `config`; raises ConfigError on the first problem.
+
+  Pure Python and numpy: it touches no JAX backend (launch/train.py runs it before
+  `jax.distributed` starts) and loads no data.
 
   Args:
     config: an experiment config built from `config_base.base_config()`.
 
   Raises:
-    ConfigError: naming the field and what is allowed.
+    ConfigError: naming the field and what is allowed, including a run whose memory lower
+      bound (`memory_estimate`) exceeds the machine's physical memory.
   """
-  _check_schema(config, config_base.base_config())
+  check_schema(config)
   for field, predicate, allowed in _rules(config):
     value = _get(config, field)
     if not predicate(value):
@@ -267,6 +708,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_split(config)
   _check_client_groups(config)
   _check_fl(config)
+  _check_memory(config)
 
 
 def validate_label_spaces(config: ml_collections.ConfigDict, num_classes_M) -> None:

@@ -339,7 +339,7 @@ def test_vmapped_grid_equals_running_each_point_with_the_ordinary_loop():
     algorithm = algorithms.build_algorithm(c, federation)
     run = loop.make_multi_step(algorithm.step, donate=False)
     state, summary = run(jax.jit(algorithm.init_state)(), train, jnp.asarray(3))
-    np.testing.assert_allclose(losses[g, 0], summary["loss"], rtol=1e-5)
+    np.testing.assert_allclose(losses[g, 0], summary["mean"]["loss"], rtol=1e-5)
     state, _ = run(state, train, jnp.asarray(3))
     point = jax.tree.map(lambda a, g=g: a[g], states)
     for u, v in zip(jax.tree.leaves((point.server.params, point.clients.params)),

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtsl_jax import algorithms, checkpointing, data, metric_writers, train
+from mtsl_jax import algorithms, checkpointing, data, fingerprint, metric_writers, train
 from tests.test_train import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -50,9 +50,10 @@ def _records(workdir):
 
 
 def _final_state(workdir, config):
-  algorithm = algorithms.build_algorithm(config, data.build_federation(config.data, config.seed))
+  federation = data.build_federation(config.data, config.seed)
+  algorithm = algorithms.build_algorithm(config, federation)
   ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints",
-                                    algorithm.fingerprint)
+                                    fingerprint.of_run(config, federation))
   state = ckpt.restore(jax.eval_shape(algorithm.init_state))
   ckpt.close()
   return state
@@ -153,16 +154,20 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_field(tmp_path):
 
 
 def test_divergence_exits_3_naming_step_and_side_and_keeps_the_last_good_checkpoint(tmp_path):
-  assert _run(tmp_path, "--config.num_steps=20").returncode == 0
-  proc = _run(tmp_path, "--config.server_optimizer.learning_rate=1e8",
-              "--config.client_optimizer.learning_rate=1e8")
+  """Learning rates of 1e3 diverge after a few steps (step 5 measured), each checkpointed."""
+  lrs = ["--config.server_optimizer.learning_rate=1e3",
+         "--config.client_optimizer.learning_rate=1e3"]
+  proc = _run(tmp_path, *lrs, "--config.checkpoint_every=1", "--config.log_every=1")
   assert proc.returncode == 3
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: non-finite loss or gradient at step ")
-  assert "server" in last or "client" in last
+  assert last.startswith("error: non-finite values at step ")
+  bad_step = int(last.split("at step ")[1].split()[0])
+  assert bad_step > 1 and ("server" in last or "client" in last)
   config = load_config("test")
+  config.server_optimizer.learning_rate = config.client_optimizer.learning_rate = 1e3
+  config.checkpoint_every = config.log_every = 1
   state = _final_state(tmp_path, config)
-  assert int(state.step) == 20
+  assert int(state.step) == bad_step - 1  # the last good step, checkpointed before
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state))
 
 

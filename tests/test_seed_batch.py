@@ -142,5 +142,5 @@ def test_divergence_names_the_seed(tmp_path):
   config = load_config("test")
   config.num_steps = config.log_every = config.eval_every = config.checkpoint_every = 10
   config.client_optimizer.learning_rate = config.server_optimizer.learning_rate = 1e6
-  with pytest.raises(loop.NonFiniteError, match=r"at step \d+ on seed \d: .*(server|client)"):
+  with pytest.raises(loop.NonFiniteError, match=r"at step \d+ in seed \d: .*(server|client)"):
     seed_batch.train_seeds(config, SEEDS, [tmp_path / "a", tmp_path / "b"])

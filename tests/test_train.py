@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtsl_jax import checkpointing, data, loop, metric_writers, train
+from mtsl_jax import checkpointing, data, fingerprint, loop, metric_writers, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,9 @@ def test_resumed_run_ends_with_exactly_the_same_parameters(tmp_path):
 def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
   config = load_config("test")
   result = train.train_and_evaluate(config, tmp_path, verbose=False)
-  ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", result.algorithm.fingerprint)
+  federation = data.build_federation(config.data, config.seed)
+  ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints",
+                                    fingerprint.of_run(config, federation))
   assert ckpt.latest_step() == 40
   restored = ckpt.restore(jax.eval_shape(result.algorithm.init_state))
   ckpt.close()
@@ -82,7 +84,7 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   config = load_config("test")
   config.client_optimizer.learning_rate = 1e6
   config.server_optimizer.learning_rate = 1e6
-  with pytest.raises(loop.NonFiniteError, match=r"at step \d+ on: .*(server|client)"):
+  with pytest.raises(loop.NonFiniteError, match=r"at step \d+ in: .*(server|client)"):
     train.train_and_evaluate(config, tmp_path, verbose=False)
 
 

@@ -24,7 +24,6 @@ class Algorithm:
     traffic: exact bytes per step per client.
     param_counts: parameter counts by side, for the start-of-run report.
     num_classes_M: label-space size per task.
-    fingerprint: JSON-able description of what the state is for (checkpoint guard).
   """
   name: str
   init_state: Callable[[], PyTree]
@@ -33,20 +32,7 @@ class Algorithm:
   traffic: ledger.StepTraffic
   param_counts: dict[str, int]
   num_classes_M: np.ndarray
-  fingerprint: dict
 
-
-
-def model_fingerprint(model_config) -> dict:
-  """The `model` config section as checkpoint fingerprints record it.
-
-  `client_width_groups` is left out while it is `()` (one client architecture), so the
-  checkpoints written before that field existed still match their configs.
-  """
-  model = model_config.to_dict()
-  if not model.get("client_width_groups"):
-    model.pop("client_width_groups", None)
-  return model
 
 
 def task_weights(scheme: str, train_counts_M: np.ndarray) -> np.ndarray:

@@ -57,7 +57,8 @@ def build(config, federation: data.Federation) -> Algorithm:
         state.server.params, x[:, 0], y[:, 0])
     updates, opt_state = tx.update(grads, state.server.opt_state, state.server.params)
     server = split.SideState(optax.apply_updates(state.server.params, updates), opt_state)
-    finite = federated.all_finite(grads) & jnp.isfinite(loss)
+    # The updated parameters too: finite gradients can still overflow a parameter.
+    finite = federated.all_finite((grads, server.params)) & jnp.isfinite(loss)
     metrics = {"loss": loss, "task_loss": losses, "task_accuracy": accs,
                "server/grad_norm": optax.tree.norm(grads),
                "server/update_norm": optax.tree.norm(updates),
@@ -71,5 +72,4 @@ def build(config, federation: data.Federation) -> Algorithm:
       logits=lambda state, x: local_training.apply_to_all(model, state.server.params, x),
       traffic=ledger.no_traffic(num_clients),
       param_counts={"model": count_params(abstract.server.params)},
-      num_classes_M=num_classes_M,
-      fingerprint=federated.fingerprint("centralized", config, num_classes_M, input_shape))
+      num_classes_M=num_classes_M)

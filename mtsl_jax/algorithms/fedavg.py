@@ -83,6 +83,4 @@ def build(config, federation: data.Federation) -> Algorithm:
       name="fedavg", init_state=init_state, step=step,
       logits=lambda state, x: local_training.apply_to_all(model, state.server.params, x),
       traffic=traffic, param_counts={"global model": count_params(abstract.server.params)},
-      num_classes_M=num_classes_M,
-      fingerprint=federated.fingerprint("fedavg", config, num_classes_M, input_shape,
-                                        local_steps=local_steps))
+      num_classes_M=num_classes_M)

@@ -131,7 +131,4 @@ def build(config, federation: data.Federation) -> Algorithm:
       name="fedem", init_state=init_state, step=step, logits=logits, traffic=traffic,
       param_counts={"components (all)": count_params(abstract.server.params),
                     "mixture weights (each)": num_components},
-      num_classes_M=num_classes_M,
-      fingerprint=federated.fingerprint("fedem", config, num_classes_M, input_shape,
-                                        local_steps=local_steps,
-                                        num_components=num_components))
+      num_classes_M=num_classes_M)

@@ -84,12 +84,7 @@ def server_step(tx: optax.GradientTransformation, server: split.SideState,
                "server/param_norm": optax.tree.norm(new.params)}
 
 
-def all_finite(tree: PyTree) -> jax.Array:
-  """True when every leaf of `tree` is finite (True for an empty tree)."""
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.ones((), bool)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
+all_finite = split.all_finite
 
 
 def client_finite(tree_M: PyTree, losses_M: jax.Array, mask_M: jax.Array) -> jax.Array:
@@ -113,9 +108,3 @@ def round_metrics(losses_MxK: jax.Array, accs_MxK: jax.Array, weights_M: jax.Arr
           "participation": mask_M.astype(jnp.float32).mean()}
 
 
-def fingerprint(name: str, config, num_classes_M: np.ndarray, input_shape, **structure) -> dict:
-  """The checkpoint guard of a baseline: algorithm, data shape, model and its structure."""
-  return {"algorithm": name, "num_clients": int(len(num_classes_M)),
-          "input_shape": list(input_shape), "num_classes": np.asarray(num_classes_M).tolist(),
-          "model": base.model_fingerprint(config.model), "server_optimizer": config.server_optimizer.name,
-          "client_optimizer": config.client_optimizer.name, **structure}

@@ -116,7 +116,4 @@ def build(config, federation: data.Federation) -> Algorithm:
       name="fedrep", init_state=init_state, step=step, logits=logits, traffic=traffic,
       param_counts={"body (shared)": count_params(abstract.server.params),
                     "head (each)": count_params(abstract.heads) // num_clients},
-      num_classes_M=num_classes_M,
-      fingerprint=federated.fingerprint("fedrep", config, num_classes_M, input_shape,
-                                        local_steps=local_steps, head_blocks=n_head,
-                                        head_steps=head_steps))
+      num_classes_M=num_classes_M)

@@ -52,8 +52,10 @@ def build(config, federation: data.Federation) -> Algorithm:
     loss_fn = lambda p: local_training.client_loss(model.apply(p, x), y, k)
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    finite = federated.all_finite(grads) & jnp.isfinite(loss)
-    return optax.apply_updates(params, updates), opt_state, loss, acc, finite
+    params = optax.apply_updates(params, updates)
+    # The updated parameters too: finite gradients can still overflow a parameter.
+    finite = federated.all_finite((grads, params)) & jnp.isfinite(loss)
+    return params, opt_state, loss, acc, finite
 
   def step(state, train_data):
     round_key = jax.random.fold_in(state.rng, state.step)
@@ -74,5 +76,4 @@ def build(config, federation: data.Federation) -> Algorithm:
       logits=lambda state, x: jax.vmap(model.apply)(state.clients.params, x),
       traffic=ledger.no_traffic(num_clients),
       param_counts={"model (each)": count_params(abstract.clients.params) // num_clients},
-      num_classes_M=num_classes_M,
-      fingerprint=federated.fingerprint("local", config, num_classes_M, input_shape))
+      num_classes_M=num_classes_M)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtsl_jax import client_groups, data, ledger, optimizers, split
-from mtsl_jax.algorithms.base import Algorithm, model_fingerprint
+from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_weights  # noqa: F401 (re-exported)
 
 
@@ -63,17 +63,8 @@ def build(config, federation: data.Federation) -> Algorithm:
 
   param_counts = {"server": count_params(abstract.server.params),
                   **_client_param_counts(abstract.clients.params, num_clients)}
-  fingerprint = {
-      "algorithm": "mtsl", "num_clients": num_clients, "input_shape": list(input_shape),
-      "num_classes": num_classes_M.tolist(), "model": model_fingerprint(config.model),
-      "split": {k: config.split[k] for k in ("orientation", "client_bottom_blocks",
-                                             "client_top_blocks")},
-      "server_optimizer": config.server_optimizer.name,
-      "client_optimizer": config.client_optimizer.name,
-  }
   return Algorithm(
       name="mtsl", init_state=init_state,
       step=split.make_train_step(ctx, data.sample_batches),
       logits=lambda state, x: split_model.logits(state.server.params, state.clients.params, x),
-      traffic=traffic, param_counts=param_counts, num_classes_M=num_classes_M,
-      fingerprint=fingerprint)
+      traffic=traffic, param_counts=param_counts, num_classes_M=num_classes_M)

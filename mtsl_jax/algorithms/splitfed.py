@@ -189,11 +189,7 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
       param_counts={"server": count_params(abstract.server.params),
                     "client_bottom (global)": count_params(abstract.client_params["bottom"]),
                     "client_top (global)": count_params(abstract.client_params["top"])},
-      num_classes_M=num_classes_M,
-      fingerprint=federated.fingerprint(
-          name, config, num_classes_M, input_shape, local_steps=local_steps,
-          split={k: config.split[k] for k in ("orientation", "client_bottom_blocks",
-                                              "client_top_blocks")}))
+      num_classes_M=num_classes_M)
 
 
 def _traffic(model: split.SplitModel, abstract: SplitFedState, num_classes_M, batch_size: int,

@@ -2,9 +2,12 @@
 
 `build_federation(config.data, config.seed)` gives the host-side `Federation`;
 `to_device` pads it into `ClientArrays`; `sample_batches` draws per-client minibatches
-on device.
+on device. `check_federation(federation, config)` checks a built federation against the
+whole experiment config (finite float32 inputs, label ranges, evaluation examples, input
+rank for the model) before anything compiles.
 """
 
+from mtsl_jax.data.checks import check_federation
 from mtsl_jax.data.federation import build_federation
 from mtsl_jax.data.federation import build_federation_from_datasets
 from mtsl_jax.data.federation import ClientArrays
@@ -12,6 +15,7 @@ from mtsl_jax.data.federation import Federation
 from mtsl_jax.data.federation import padded_length
 from mtsl_jax.data.federation import sample_batches
 from mtsl_jax.data.federation import to_device
+from mtsl_jax.data.federation import to_host
 from mtsl_jax.data.sources import ArrayDataset
 from mtsl_jax.data.sources import DataError
 from mtsl_jax.data.sources import load_npz

@@ -292,11 +292,25 @@ def _pad(xs, ys) -> ClientArrays:
     x[m, :xm.shape[0]] = xm
     y[m, :ym.shape[0]] = ym
   counts = np.array([ym.shape[0] for ym in ys], dtype=np.int32)
-  return jax.device_put(ClientArrays(x=x, y=y, counts=counts))
+  return ClientArrays(x=x, y=y, counts=counts)
+
+
+def to_host(federation: Federation) -> tuple[ClientArrays, ClientArrays]:
+  """Pads the train and test sets of every client into numpy `ClientArrays`.
+
+  Args:
+    federation: host-side client data.
+
+  Returns:
+    (train, test) ClientArrays of numpy arrays, for placing on devices in one transfer
+    (`jax.device_put`, or `sharding.shard_clients` for a client-sharded run).
+  """
+  return (_pad(federation.train_x, federation.train_y),
+          _pad(federation.test_x, federation.test_y))
 
 
 def to_device(federation: Federation) -> tuple[ClientArrays, ClientArrays]:
-  """Pads the train and test sets of every client and puts them on the default device.
+  """`to_host`, put on the default device.
 
   Args:
     federation: host-side client data.
@@ -304,8 +318,7 @@ def to_device(federation: Federation) -> tuple[ClientArrays, ClientArrays]:
   Returns:
     (train, test) ClientArrays.
   """
-  return (_pad(federation.train_x, federation.train_y),
-          _pad(federation.test_x, federation.test_y))
+  return jax.device_put(to_host(federation))
 
 
 @functools.partial(jax.jit, static_argnames="batch_size")
