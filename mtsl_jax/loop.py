@@ -51,13 +51,25 @@ class Runner:
   def __init__(self, step_fn: Callable, donate: bool):
     self._step_fn = step_fn
     self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate else ())
+    self._empty_windows = {}
 
   def empty_window(self, state, data) -> dict:
-    """Zero sums for every non-flag metric of `step_fn`, and a zero step count."""
-    _, shapes = jax.eval_shape(self._step_fn, state, data)
-    return {"sums": {k: np.zeros(v.shape, np.float32) for k, v in shapes.items()
-                     if not _is_flag(k)},
-            "count": np.zeros((), np.int32)}
+    """Zero sums for every non-flag metric of `step_fn`, and a zero step count.
+
+    Cached per argument shapes: finding the metrics' shapes traces the step, which a
+    caller passing `window=None` on every call should not pay each time.
+    """
+    key = tuple((jax.tree.structure(t),
+                 tuple((tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x))))
+                       for x in jax.tree.leaves(t)))
+                for t in (state, data))
+    if key not in self._empty_windows:
+      _, shapes = jax.eval_shape(self._step_fn, state, data)
+      self._empty_windows[key] = {
+          "sums": {k: np.zeros(v.shape, np.float32) for k, v in shapes.items()
+                   if not _is_flag(k)},
+          "count": np.zeros((), np.int32)}
+    return self._empty_windows[key]
 
   def _run(self, state, data, num_steps, window):
     _, shapes = jax.eval_shape(self._step_fn, state, data)
