@@ -12,11 +12,13 @@ the window is checkpointed with the state). Accumulating inside the loop, in ste
 makes the logged values bitwise independent of the chunking.
 
 Divergence: a step whose metrics report a non-finite value (any `finite/*` flag false:
-the algorithms flag non-finite losses, gradients and updated parameters) is not
-applied; the loop keeps the last good state, skips the rest of the chunk and reports the
-step and every flag of that step, which `raise_if_diverged` turns into an error naming
-what became non-finite where. So a diverged run never overwrites its last good state or
-checkpoint.
+the algorithms flag non-finite losses and gradients, the federated ones their aggregated
+models) is not applied; the loop keeps the last good state, skips the rest of the chunk
+and reports the step and every flag of that step. Once per chunk the whole final state is
+checked too (an update can overflow a parameter while the loss and gradients stay
+finite). `raise_if_diverged` turns either into an error naming what became non-finite
+where, before the caller logs or saves anything of the chunk: a diverged run never
+overwrites its last good checkpoint.
 """
 
 from typing import Any, Callable
@@ -37,6 +39,44 @@ def _is_flag(key: str) -> bool:
   return key.startswith(FLAG_PREFIX)
 
 
+def all_finite(tree: PyTree) -> jax.Array:
+  """True when every entry of every floating leaf of `tree` is finite."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return jnp.ones((), bool)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def nonfinite_parts(state: PyTree) -> list[str]:
+  """Which parts of a state hold non-finite parameters (host-side; for error messages).
+
+  Args:
+    state: an algorithm's state, with `server` and/or `clients` sides (client leaves
+      stacked on a leading client axis), or any pytree.
+
+  Returns:
+    'the server's parameters' and/or "client(s) [..]'s parameters", or 'the parameters'
+    when the state has no such sides.
+  """
+  finite = lambda tree: all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree)
+                            if np.issubdtype(np.asarray(x).dtype, np.inexact))
+  parts = []
+  if hasattr(state, "server") and not finite(state.server):
+    parts.append("the server's parameters")
+  if hasattr(state, "clients"):
+    groups = state.clients.params if isinstance(state.clients.params, tuple) else (
+        state.clients.params,)
+    bad, offset = [], 0
+    for group in groups:
+      size = len(jax.tree.leaves(group)[0])
+      bad += [offset + m for m in range(size)
+              if not finite(jax.tree.map(lambda x, m=m: np.asarray(x)[m], group))]
+      offset += size
+    if bad:
+      parts.append(f"the parameters of client(s) {bad}")
+  return parts or ["the parameters"]
+
+
 class Runner:
   """A jitted multi-step runner (see the module docstring); built by `make_multi_step`.
 
@@ -45,7 +85,9 @@ class Runner:
   window's mean of every metric, `summary['window']` the window to pass to the next call
   (or to reset with None after a log), `summary['steps_run']` the steps applied in this
   call, `summary['bad_step']` the state step of the first non-finite step (-1 if none),
-  and `summary['flags']` every `finite/*` flag of that step (all True if none).
+  `summary['flags']` every `finite/*` flag of that step (all True if none),
+  `summary['state_finite']` whether the returned state's parameters are all finite, and
+  `summary['last_step']` the returned state's step.
   """
 
   def __init__(self, step_fn: Callable, donate: bool):
@@ -102,9 +144,13 @@ class Runner:
     out = jax.lax.while_loop(
         lambda c: (c["done"] < num_steps) & (c["bad_step"] < 0), body, carry0)
     count = jnp.maximum(out["window"]["count"], 1).astype(jnp.float32)
+    # Once per chunk, a pass over the whole state: an update can overflow a parameter while
+    # the loss and gradients stay finite. The next step's loss would show it, but not after
+    # a chunk's last step, whose state is about to be logged and checkpointed.
     summary = {"mean": {k: v / count for k, v in out["window"]["sums"].items()},
                "window": out["window"], "steps_run": out["done"],
-               "bad_step": out["bad_step"], "flags": out["flags"]}
+               "bad_step": out["bad_step"], "flags": out["flags"],
+               "state_finite": all_finite(out["state"]), "last_step": out["state"].step}
     return out["state"], summary
 
   def __call__(self, state, data, num_steps, window=None):
@@ -145,8 +191,8 @@ def describe_flags(flags: dict) -> list[str]:
   """Human-readable phrases for the false entries of one bad step's `finite/*` flags.
 
   `finite/losses` [M] -> the loss of those tasks; `finite/server` -> the server's gradient
-  or updated parameters; `finite/clients` [M] -> those clients' gradients or updated
-  parameters; any other flag by its name.
+  or update (the aggregated model, for the federated baselines); `finite/clients` [M] ->
+  those clients' gradients or updates; any other flag by its name.
 
   Args:
     flags: host copies of the flags of one (replica's) bad step.
@@ -158,9 +204,9 @@ def describe_flags(flags: dict) -> list[str]:
   if _indices(flags.get("finite/losses", True)):
     out.append(f"the loss of task(s) {_indices(flags['finite/losses'])}")
   if _indices(flags.get("finite/server", True)):
-    out.append("the server's gradient or updated parameters")
+    out.append("the server's gradient or update")
   if _indices(flags.get("finite/clients", True)):
-    out.append(f"the gradients or updated parameters of client(s) "
+    out.append(f"the gradients or updates of client(s) "
                f"{_indices(flags['finite/clients'])}")
   for key in sorted(set(flags) - {"finite/losses", "finite/server", "finite/clients"}):
     if _indices(flags[key]):
@@ -184,19 +230,32 @@ def advice(flags: dict) -> str:
           "clip gradients (grad_clip_norm)")
 
 
-def raise_if_diverged(summary: dict) -> None:
+def raise_if_diverged(summary: dict, state: PyTree = None) -> None:
   """Raises NonFiniteError naming the step and what became non-finite, if anything did.
 
   Args:
     summary: host copy of a `Runner` summary.
+    state: the chunk's final state (to name the parts with non-finite parameters).
 
   Raises:
-    NonFiniteError: the chunk stopped at a non-finite step.
+    NonFiniteError: the chunk stopped at a non-finite step, or ended with non-finite
+      parameters.
   """
   bad_step = int(summary["bad_step"])
-  if bad_step < 0:
+  if bad_step < 0 and bool(summary["state_finite"]):
     return
+  if bad_step < 0:
+    parts = nonfinite_parts(jax.device_get(state)) if state is not None else ["the parameters"]
+    flags = {"finite/server": np.asarray(not any("server" in p for p in parts)),
+             "finite/clients": np.asarray([not any("client" in p for p in parts)])}
+    raise NonFiniteError(
+        f"non-finite values after step {int(summary['last_step'])}: an update overflowed "
+        f"{', '.join(parts)} (the loss and gradients were finite); nothing of this chunk "
+        f"was saved; {advice(flags)}")
   flags = summary["flags"]
+  kept = (f"the state was kept at step {bad_step}" if bool(summary["state_finite"]) else
+          f"the state kept at step {bad_step} already held non-finite parameters (an update "
+          "overflowed before the loss did)")
   raise NonFiniteError(
-      f"non-finite values at step {bad_step + 1} in: {'; '.join(describe_flags(flags))}; the "
-      f"state was kept at step {bad_step} (the last finite one); {advice(flags)}")
+      f"non-finite values at step {bad_step + 1} in: {'; '.join(describe_flags(flags))}; "
+      f"{kept}; nothing of this chunk was saved; {advice(flags)}")

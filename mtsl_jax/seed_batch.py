@@ -133,8 +133,13 @@ def make_seed_step(step: Callable) -> Callable:
 def raise_if_diverged(summary: dict, seeds: Sequence[int]) -> None:
   """Raises loop.NonFiniteError naming the seed(s), step and what became non-finite."""
   bad_step = int(summary["bad_step"])
-  if bad_step < 0:
+  if bad_step < 0 and bool(summary["state_finite"]):
     return
+  if bad_step < 0:
+    raise loop.NonFiniteError(
+        f"non-finite values after step {int(summary['last_step'])}: an update overflowed a "
+        "parameter of the group (the loss and gradients were finite); nothing of this chunk "
+        "was saved; lower the learning rates, or clip gradients (grad_clip_norm)")
   parts, worst = [], None
   for s, seed in enumerate(seeds):
     flags = {k: np.asarray(v)[s] for k, v in summary["flags"].items()}
@@ -144,7 +149,8 @@ def raise_if_diverged(summary: dict, seeds: Sequence[int]) -> None:
       worst = worst or flags
   raise loop.NonFiniteError(
       f"non-finite values at step {bad_step + 1} in {' | '.join(parts)}; every seed of the "
-      f"group was kept at step {bad_step} (the last finite one); {loop.advice(worst)}")
+      f"group was kept at step {bad_step} and nothing of this chunk was saved; "
+      f"{loop.advice(worst)}")
 
 
 def _stack(trees: Sequence[PyTree]) -> PyTree:

@@ -265,7 +265,7 @@ def _train_locked(config, workdir: pathlib.Path, stop: signals.StopRequests, *,
         t0 = time.perf_counter()
         state, summary = run_steps(state, train_data, target - step, window)
         summary = sharding.to_host(summary)
-        loop.raise_if_diverged(summary)
+        loop.raise_if_diverged(summary, state)
         elapsed = time.perf_counter() - t0
         bar.update(target - step)
         step, window = target, summary["window"]

@@ -355,7 +355,7 @@ def test_an_update_that_overflows_is_not_applied_even_on_the_last_step(tmp_path)
   config.num_steps = config.log_every = config.eval_every = config.checkpoint_every = 1
   config.client_optimizer.learning_rate = 1e38
   with pytest.raises(loop.NonFiniteError,
-                     match=r"at step 1 in: the gradients or updated parameters of client.*"
+                     match=r"after step 1: an update overflowed the parameters of client.*"
                            r"lower client_optimizer\.learning_rate"):
     train.train_and_evaluate(config, tmp_path, verbose=False)
   assert _latest_step(tmp_path) is None  # nothing non-finite was saved
@@ -365,11 +365,11 @@ def test_the_message_names_the_loss_and_the_side_separately():
   flags = {"finite/losses": np.array([True, False]), "finite/server": np.array(True),
            "finite/clients": np.array([True, False])}
   assert loop.describe_flags(flags) == [
-      "the loss of task(s) [1]", "the gradients or updated parameters of client(s) [1]"]
+      "the loss of task(s) [1]", "the gradients or updates of client(s) [1]"]
   flags["finite/server"] = np.array(False)
   flags["finite/losses"] = np.array([True, True])
   flags["finite/clients"] = np.array([True, True])
-  assert loop.describe_flags(flags) == ["the server's gradient or updated parameters"]
+  assert loop.describe_flags(flags) == ["the server's gradient or update"]
   assert "lower server_optimizer.learning_rate," in loop.advice(flags)
 
 

@@ -52,10 +52,8 @@ def build(config, federation: data.Federation) -> Algorithm:
     loss_fn = lambda p: local_training.client_loss(model.apply(p, x), y, k)
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    # The updated parameters too: finite gradients can still overflow a parameter.
-    finite = federated.all_finite((grads, params)) & jnp.isfinite(loss)
-    return params, opt_state, loss, acc, finite
+    finite = federated.all_finite(grads) & jnp.isfinite(loss)
+    return optax.apply_updates(params, updates), opt_state, loss, acc, finite
 
   def step(state, train_data):
     round_key = jax.random.fold_in(state.rng, state.step)
