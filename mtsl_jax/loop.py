@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtsl_jax import split
+
 PyTree = Any
 FLAG_PREFIX = "finite/"
 
@@ -37,14 +39,6 @@ class NonFiniteError(FloatingPointError):
 
 def _is_flag(key: str) -> bool:
   return key.startswith(FLAG_PREFIX)
-
-
-def all_finite(tree: PyTree) -> jax.Array:
-  """True when every entry of every floating leaf of `tree` is finite."""
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  if not leaves:
-    return jnp.ones((), bool)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def nonfinite_parts(state: PyTree) -> list[str]:
@@ -150,7 +144,7 @@ class Runner:
     summary = {"mean": {k: v / count for k, v in out["window"]["sums"].items()},
                "window": out["window"], "steps_run": out["done"],
                "bad_step": out["bad_step"], "flags": out["flags"],
-               "state_finite": all_finite(out["state"]), "last_step": out["state"].step}
+               "state_finite": split.all_finite(out["state"]), "last_step": out["state"].step}
     return out["state"], summary
 
   def __call__(self, state, data, num_steps, window=None):

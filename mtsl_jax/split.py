@@ -278,8 +278,8 @@ def per_client_norms(client_tree: PyTree) -> jax.Array:
 
 
 def all_finite(tree: PyTree) -> jax.Array:
-  """True when every entry of every leaf of `tree` is finite (True for an empty tree)."""
-  leaves = jax.tree.leaves(tree)
+  """True when every entry of every floating leaf of `tree` is finite (True if none)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
   if not leaves:
     return jnp.ones((), bool)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
