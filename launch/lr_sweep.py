@@ -5,7 +5,8 @@
       --out_dir docs/figures --name synthetic
 
 Every (η_s, η_c) pair trains from the same initialization on the same minibatches
-(`mtsl_jax.lr_grid`); the grid is chunked with --chunk_size when it does not fit. Writes
+(`mtsl_jax.lr_grid`); the grid is chunked with --chunk_size when it does not fit. Each
+point keeps its metrics.jsonl under --workdir, and an interrupted sweep resumes. Writes
 `<name>_lr_sweep.csv` and `<name>_lr_sweep.png` (final train loss and steps to the target
 mean test accuracy, with the theory's descent boundary and predicted best ratio from the
 block constants at initialization, docs/theory.md) and prints the best pairs.
@@ -35,6 +36,9 @@ _CHUNK = flags.DEFINE_integer("chunk_size", 0, "Grid points per program; 0: all 
                               lower_bound=0)
 _OUT = flags.DEFINE_string("out_dir", "docs/figures", "Where the CSV and PNG go.")
 _NAME = flags.DEFINE_string("name", "sweep", "File name prefix.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where each grid point's metrics.jsonl and the group checkpoints go; "
+    "rerunning on it resumes. Default: workdirs/lr_sweep/<name>.")
 _SMOOTH_BATCH = flags.DEFINE_integer("smoothness_batch", 256,
                                      "Examples per client for the block constants.",
                                      lower_bound=1)
@@ -58,7 +62,8 @@ def main(argv):
   studies = []
   status = exit_codes.run_reporting_errors(lambda: studies.append(lr_study.run_study(
       config, server_lrs, client_lrs, eval_every=_EVAL_EVERY.value,
-      target=_TARGET.value, chunk_size=_CHUNK.value, smoothness_batch=_SMOOTH_BATCH.value)))
+      target=_TARGET.value, chunk_size=_CHUNK.value, smoothness_batch=_SMOOTH_BATCH.value,
+      workdir=_WORKDIR.value or pathlib.Path("workdirs") / "lr_sweep" / _NAME.value)))
   if status:
     return status
   study = studies[0]

@@ -62,10 +62,19 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
   return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
 
 
+# What storage errors say when the cause is the disk or the permissions (strerror texts).
+_STORAGE_CAUSES = ("File too large", "No space left on device", "Disk quota exceeded",
+                   "Permission denied", "Read-only file system")
+
+
 def _cause(e: BaseException, limit: int = 200) -> str:
-  """The end of an error's message, where storage errors name the cause ('File too large',
-  'No space left on device'), without orbax's and tensorstore's long prefixes."""
+  """The cause of a failed write in a few words, without orbax's and tensorstore's long
+  prefixes: a storage cause named anywhere in the message ('File too large', ...), else
+  the end of the message, where such errors usually state it."""
   text = " ".join(str(e).split())
+  named = [c for c in _STORAGE_CAUSES if c in text]
+  if named:
+    return f"{type(e).__name__}: {'; '.join(named)}"
   return f"{type(e).__name__}: {'...' + text[-limit:] if len(text) > limit else text}"
 
 

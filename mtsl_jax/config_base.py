@@ -22,7 +22,9 @@ def optimizer_config(name: str = "sgd", learning_rate: float = 0.1) -> ml_collec
   Returns:
     A ConfigDict with fields name, learning_rate, schedule ('constant', 'cosine',
     'warmup_cosine', 'linear'), warmup_steps, momentum (used by momentum/nesterov),
-    weight_decay (decoupled, >= 0) and grad_clip_norm (0 disables clipping).
+    weight_decay (decoupled, >= 0), grad_clip_norm (0 disables clipping) and
+    learning_rate_in_state (hold the rate in the optimizer state, so runs differing only
+    in it share one program; see `optimizers.make_optimizer`).
   """
   return ml_collections.ConfigDict(dict(
       name=name,
@@ -32,6 +34,7 @@ def optimizer_config(name: str = "sgd", learning_rate: float = 0.1) -> ml_collec
       momentum=0.9,
       weight_decay=0.0,
       grad_clip_norm=0.0,
+      learning_rate_in_state=False,
   ))
 
 
@@ -122,6 +125,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 512           # test examples per client per evaluation chunk
   c.max_checkpoints_to_keep = 2
   c.progress_bar = True
+  # Run the same steps without jit, op by op, to step through them in a debugger
+  # (`--config.disable_jit=True`; as slow as it sounds). Numbers equal the jitted run's up
+  # to float rounding.
+  c.disable_jit = False
 
   # ---- federated and split-federated baselines (mtsl_jax/algorithms/, docs/algorithms.md)
   c.fl = ml_collections.ConfigDict()

@@ -30,14 +30,23 @@ RESUMABLE_FIELDS = {
     "checkpoint_every": "when checkpoints are written",
     "max_checkpoints_to_keep": "how many checkpoints are kept",
     "progress_bar": "display only",
+    "disable_jit": "how the steps are executed (debugging), not what they compute",
     "eval_batch_size": "evaluation chunk size (evaluated losses may differ in the last bits)",
     "parallel.client_devices": "placement of the client axis on devices",
     "data.tfds_data_dir": "where the data are read from (the data digest guards their content)",
     "data.npz_path": "where the data are read from (the data digest guards their content)",
 }
 
+# Fields added after fingerprints were first written, with the default that reproduces
+# the earlier behaviour: left out of the fingerprint at that default, so checkpoints from
+# before the field existed still resume.
+LATER_FIELDS = {
+    "server_optimizer.learning_rate_in_state": False,
+    "client_optimizer.learning_rate_in_state": False,
+}
 
-def _flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
+
+def flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Dotted field -> JSON-normalized value (tuples become lists, as after a round trip)."""
   out = {}
 
@@ -92,9 +101,12 @@ def run_fingerprint(config: ml_collections.ConfigDict, digest: str, **extra) -> 
   Returns:
     A JSON-able dict: {'version', 'config': {dotted field: value}, 'data_digest', ...}.
   """
-  fields = _flatten(config)
+  fields = flatten(config)
   for name in RESUMABLE_FIELDS:
     fields.pop(name, None)
+  for name, default in LATER_FIELDS.items():
+    if fields.get(name) == default:
+      fields.pop(name)
   if constant_schedules(config):
     fields.pop("num_steps")
   return {"version": VERSION, "config": fields, "data_digest": digest, **extra}

@@ -19,15 +19,21 @@ checked too (an update can overflow a parameter while the loss and gradients sta
 finite). `raise_if_diverged` turns either into an error naming what became non-finite
 where, before the caller logs or saves anything of the chunk: a diverged run never
 overwrites its last good checkpoint.
+
+Replicas: with `replicated=True` the runner trains a `Replicas` group (several runs of one
+program stacked on a leading axis, `replicas.py`) and the guard acts per replica: a
+replica that hits a non-finite value is frozen at its last good state and reported
+(`divergence_message` on its slice of the summary) while the others go on.
 """
 
 from typing import Any, Callable
 
+from flax import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax import split
+from mtsl_jax import split as tree_layout
 
 PyTree = Any
 FLAG_PREFIX = "finite/"
@@ -82,12 +88,28 @@ class Runner:
   `summary['flags']` every `finite/*` flag of that step (all True if none),
   `summary['state_finite']` whether the returned state's parameters are all finite, and
   `summary['last_step']` the returned state's step.
+
+  Replicated (`replicated=True`): the state is a `Replicas` and the step function takes
+  and returns its stacked `states` (every leaf with a leading replica axis R; metrics and
+  flags likewise). Each replica has its own guard: at its first non-finite step a replica
+  is frozen (its state kept at the last good step, its metrics no longer summed) and the
+  others go on; the chunk ends early only when every replica is frozen. The summary's
+  entries then have a leading R axis: 'bad_step' is the step at which a replica froze IN
+  THIS CHUNK (-1 otherwise), 'flags' that step's flags, 'state_finite' per replica; the
+  returned `Replicas.frozen` holds every replica frozen so far.
   """
 
-  def __init__(self, step_fn: Callable, donate: bool):
+  def __init__(self, step_fn: Callable, donate: bool, replicated: bool = False,
+               max_traces: int | None = None):
     self._step_fn = step_fn
+    self._replicated = replicated
+    self._max_traces = max_traces
+    self.traces = 0  # how often the program was traced (compiled), see `_run`
     self._jitted = jax.jit(self._run, donate_argnums=(0,) if donate else ())
     self._empty_windows = {}
+
+  def _states(self, state):
+    return state.states if self._replicated else state
 
   def empty_window(self, state, data) -> dict:
     """Zero sums for every non-flag metric of `step_fn`, and a zero step count.
@@ -100,52 +122,75 @@ class Runner:
                        for x in jax.tree.leaves(t)))
                 for t in (state, data))
     if key not in self._empty_windows:
-      _, shapes = jax.eval_shape(self._step_fn, state, data)
+      _, shapes = jax.eval_shape(self._step_fn, self._states(state), data)
+      count_shape = state.frozen.shape if self._replicated else ()
       self._empty_windows[key] = {
           "sums": {k: np.zeros(v.shape, np.float32) for k, v in shapes.items()
                    if not _is_flag(k)},
-          "count": np.zeros((), np.int32)}
+          "count": np.zeros(count_shape, np.int32)}
     return self._empty_windows[key]
 
   def _run(self, state, data, num_steps, window):
-    _, shapes = jax.eval_shape(self._step_fn, state, data)
-    carry0 = dict(state=state, window=window, done=jnp.zeros((), jnp.int32),
-                  bad_step=-jnp.ones((), jnp.int32),
+    # Python code here runs only while jax traces the program, so this counts traces.
+    self.traces += 1
+    if self._max_traces is not None and self.traces > self._max_traces:
+      raise AssertionError(f"the multi-step program was traced {self.traces} times, more "
+                           f"than the {self._max_traces} expected: an argument's shape, "
+                           "dtype or structure changed between calls")
+    states = self._states(state)
+    _, shapes = jax.eval_shape(self._step_fn, states, data)
+    # `frozen` is [R] for replicas and a scalar otherwise; the same code serves both.
+    frozen = state.frozen if self._replicated else jnp.zeros((), bool)
+    per_replica = lambda x: x.reshape(frozen.shape + (-1,)).all(axis=-1)
+    expand = lambda mask, x: mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+    carry0 = dict(states=states, window=window, done=jnp.zeros((), jnp.int32),
+                  frozen=frozen, bad_step=-jnp.ones(frozen.shape, jnp.int32),
                   flags={k: jnp.ones(v.shape, bool) for k, v in shapes.items() if _is_flag(k)})
 
     def body(carry):
-      new_state, metrics = self._step_fn(carry["state"], data)
+      new_states, metrics = self._step_fn(carry["states"], data)
       flags = {k: v for k, v in metrics.items() if _is_flag(k)}
-      ok = jnp.all(jnp.stack([jnp.all(v) for v in flags.values()]))
+      ok = jnp.all(jnp.stack([per_replica(v) for v in flags.values()]), axis=0)
+      live = ok & ~carry["frozen"]
+      newly_bad = ~ok & ~carry["frozen"]
       # The guard is a select, not a `lax.cond` between the new and the old state: a select
       # fuses into the elementwise optimizer updates, which then write the state in place,
       # where each branch of a cond returned its own copy of the whole state (two copies of
       # every client's parameters per step; without them the MLP at M = 1000 clients runs
       # 14% faster on a CPU and needs 3/4 of the memory; benchmarks/RESULTS.md).
-      keep = lambda new, old: jnp.where(ok, new, old)
+      keep = lambda new, old: jnp.where(expand(live, new), new, old)
       sums = carry["window"]["sums"]
       return dict(
-          state=jax.tree.map(keep, new_state, carry["state"]),
-          window={"sums": {k: sums[k] + jnp.where(ok, metrics[k].astype(jnp.float32), 0.0)
+          states=jax.tree.map(keep, new_states, carry["states"]),
+          window={"sums": {k: sums[k] + jnp.where(expand(live, metrics[k]),
+                                                  metrics[k].astype(jnp.float32), 0.0)
                            for k in sums},
-                  "count": carry["window"]["count"] + ok.astype(jnp.int32)},
-          done=carry["done"] + ok.astype(jnp.int32),
-          bad_step=jnp.where(ok, -1, carry["state"].step.astype(jnp.int32)),
-          flags={k: jnp.where(ok, True, v) for k, v in flags.items()})
+                  "count": carry["window"]["count"] + live.astype(jnp.int32)},
+          done=carry["done"] + jnp.any(live).astype(jnp.int32),
+          frozen=carry["frozen"] | newly_bad,
+          bad_step=jnp.where(newly_bad, carry["states"].step.astype(jnp.int32),
+                             carry["bad_step"]),
+          flags={k: jnp.where(expand(newly_bad, v), v, carry["flags"][k])
+                 for k, v in flags.items()})
 
-    # A while loop rather than a fixed trip count: the chunk ends at its first non-finite
-    # step, so the steps after it are not computed.
+    # A while loop rather than a fixed trip count: the chunk ends when every replica (the
+    # one run) has hit a non-finite step, so the steps after it are not computed.
     out = jax.lax.while_loop(
-        lambda c: (c["done"] < num_steps) & (c["bad_step"] < 0), body, carry0)
+        lambda c: (c["done"] < num_steps) & jnp.any(~c["frozen"]), body, carry0)
     count = jnp.maximum(out["window"]["count"], 1).astype(jnp.float32)
     # Once per chunk, a pass over the whole state: an update can overflow a parameter while
     # the loss and gradients stay finite. The next step's loss would show it, but not after
     # a chunk's last step, whose state is about to be logged and checkpointed.
-    summary = {"mean": {k: v / count for k, v in out["window"]["sums"].items()},
+    finite = jax.vmap(tree_layout.all_finite) if self._replicated else tree_layout.all_finite
+    # (A scalar count divides as it is: a reshaped one compiles to other rounding.)
+    mean = lambda v: v / (expand(count, v) if self._replicated else count)
+    summary = {"mean": {k: mean(v) for k, v in out["window"]["sums"].items()},
                "window": out["window"], "steps_run": out["done"],
                "bad_step": out["bad_step"], "flags": out["flags"],
-               "state_finite": split.all_finite(out["state"]), "last_step": out["state"].step}
-    return out["state"], summary
+               "state_finite": finite(out["states"]), "last_step": out["states"].step}
+    if self._replicated:
+      return Replicas(states=out["states"], frozen=out["frozen"]), summary
+    return out["states"], summary
 
   def __call__(self, state, data, num_steps, window=None):
     if window is None:
@@ -157,12 +202,28 @@ class Runner:
     return self._jitted.lower(state, data, jnp.asarray(num_steps, jnp.int32),
                               self.empty_window(state, data))
 
-  def _cache_size(self) -> int:
-    return self._jitted._cache_size()  # pylint: disable=protected-access
+
+@struct.dataclass
+class Replicas:
+  """The state of a replica group (`replicas.py`): R runs of one program, stacked.
+
+  Attributes:
+    states: every replica's state stacked on a leading axis [R, ...].
+    frozen: bool [R], replicas stopped by a non-finite value (kept at their last good
+      state and no longer trained; checkpointed, so a resumed group keeps them frozen).
+  """
+  states: PyTree
+  frozen: jax.Array
+
+  @property
+  def step(self) -> jax.Array:
+    """The group's step: that of its most advanced replica (frozen ones stay behind)."""
+    return jnp.max(self.states.step)
 
 
 def make_multi_step(step_fn: Callable[[PyTree, PyTree], tuple[PyTree, dict]],
-                    donate: bool = True) -> Runner:
+                    donate: bool = True, replicated: bool = False,
+                    max_traces: int | None = None) -> Runner:
   """Wraps `step_fn` into a jitted multi-step runner.
 
   Args:
@@ -170,11 +231,14 @@ def make_multi_step(step_fn: Callable[[PyTree, PyTree], tuple[PyTree, dict]],
       boolean flags (True where finite; any False rejects the step); all other entries
       are summed into the metric window. The state must have a scalar `step`.
     donate: donate the input state's buffers to the output.
+    replicated: `step_fn` works on stacked replica states (see `Runner`).
+    max_traces: if set, tracing the runner's program more often raises AssertionError
+      (tests check that chunks of any length share one program; `Runner.traces` counts).
 
   Returns:
     A `Runner`.
   """
-  return Runner(step_fn, donate)
+  return Runner(step_fn, donate, replicated, max_traces)
 
 
 def _indices(flag) -> list[int]:
@@ -224,8 +288,41 @@ def advice(flags: dict) -> str:
           "clip gradients (grad_clip_norm)")
 
 
+def divergence_message(summary: dict, state: PyTree = None,
+                       group: bool = False) -> str | None:
+  """What became non-finite where, from one run's (or one replica's) chunk summary.
+
+  Args:
+    summary: host copy of a `Runner` summary (for a replica: its slice of each entry).
+    state: the chunk's final state (to name the parts with non-finite parameters).
+    group: the summary is a replica's: it is frozen while the others go on.
+
+  Returns:
+    None when the chunk ended finite; otherwise one line naming the step, what became
+    non-finite, what was kept, and what to change.
+  """
+  bad_step = int(summary["bad_step"])
+  if bad_step < 0 and bool(summary["state_finite"]):
+    return None
+  saved = ("this replica is frozen there and the others go on" if group else
+           "nothing of this chunk was saved")
+  if bad_step < 0:
+    parts = nonfinite_parts(jax.device_get(state)) if state is not None else ["the parameters"]
+    flags = {"finite/server": np.asarray(not any("server" in p for p in parts)),
+             "finite/clients": np.asarray([not any("client" in p for p in parts)])}
+    return (f"non-finite values after step {int(summary['last_step'])}: an update "
+            f"overflowed {', '.join(parts)} (the loss and gradients were finite); {saved}; "
+            f"{advice(flags)}")
+  flags = summary["flags"]
+  kept = (f"the state was kept at step {bad_step}" if bool(summary["state_finite"]) else
+          f"the state kept at step {bad_step} already held non-finite parameters (an update "
+          "overflowed before the loss did)")
+  return (f"non-finite values at step {bad_step + 1} in: {'; '.join(describe_flags(flags))}; "
+          f"{kept}; {saved}; {advice(flags)}")
+
+
 def raise_if_diverged(summary: dict, state: PyTree = None) -> None:
-  """Raises NonFiniteError naming the step and what became non-finite, if anything did.
+  """Raises NonFiniteError with `divergence_message`, if the chunk did not end finite.
 
   Args:
     summary: host copy of a `Runner` summary.
@@ -235,21 +332,6 @@ def raise_if_diverged(summary: dict, state: PyTree = None) -> None:
     NonFiniteError: the chunk stopped at a non-finite step, or ended with non-finite
       parameters.
   """
-  bad_step = int(summary["bad_step"])
-  if bad_step < 0 and bool(summary["state_finite"]):
-    return
-  if bad_step < 0:
-    parts = nonfinite_parts(jax.device_get(state)) if state is not None else ["the parameters"]
-    flags = {"finite/server": np.asarray(not any("server" in p for p in parts)),
-             "finite/clients": np.asarray([not any("client" in p for p in parts)])}
-    raise NonFiniteError(
-        f"non-finite values after step {int(summary['last_step'])}: an update overflowed "
-        f"{', '.join(parts)} (the loss and gradients were finite); nothing of this chunk "
-        f"was saved; {advice(flags)}")
-  flags = summary["flags"]
-  kept = (f"the state was kept at step {bad_step}" if bool(summary["state_finite"]) else
-          f"the state kept at step {bad_step} already held non-finite parameters (an update "
-          "overflowed before the loss did)")
-  raise NonFiniteError(
-      f"non-finite values at step {bad_step + 1} in: {'; '.join(describe_flags(flags))}; "
-      f"{kept}; nothing of this chunk was saved; {advice(flags)}")
+  message = divergence_message(summary, state)
+  if message is not None:
+    raise NonFiniteError(message)

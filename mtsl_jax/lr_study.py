@@ -1,6 +1,6 @@
 """The learning-rate study: a (server LR, client LR) grid, its results and the theory.
 
-`run_study` trains the grid as one vmapped program (`lr_grid`), measures the block
+`run_study` trains the grid as vmapped replica groups (`lr_grid`), measures the block
 smoothness constants at initialization (`smoothness`) and returns everything a table or a
 heatmap needs; `write_csv` and `plotting.plot_lr_study` turn it into files. Used by
 `launch/lr_sweep.py` and `notebooks/lr_study.ipynb`.
@@ -9,11 +9,13 @@ heatmap needs; `write_csv` and `plotting.plot_lr_study` turn it into files. Used
 import csv
 import dataclasses
 import pathlib
+import tempfile
 import time
 
+import jax
 import numpy as np
 
-from mtsl_jax import data, lr_grid, smoothness, step_sizes, validation
+from mtsl_jax import algorithms, data, lr_grid, smoothness, step_sizes, validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +73,8 @@ class LrStudy:
 
 
 def run_study(config, server_lrs, client_lrs, *, eval_every: int, target: float,
-              chunk_size: int = 0, smoothness_batch: int = 256) -> LrStudy:
+              chunk_size: int = 0, smoothness_batch: int = 256,
+              workdir: str | pathlib.Path | None = None) -> LrStudy:
   """Trains the grid for `config.num_steps` steps and measures the theory's constants.
 
   Args:
@@ -81,6 +84,8 @@ def run_study(config, server_lrs, client_lrs, *, eval_every: int, target: float,
     target: mean per-task test accuracy for steps-to-target.
     chunk_size: grid points per program; 0 runs the whole grid as one program.
     smoothness_batch: examples per client for the block constants.
+    workdir: where each grid point's metrics.jsonl and the groups' checkpoints go;
+      rerunning on it resumes. None: a fresh temporary directory.
 
   Returns:
     An LrStudy.
@@ -91,15 +96,18 @@ def run_study(config, server_lrs, client_lrs, *, eval_every: int, target: float,
   validation.validate_config(config)
   federation = data.build_federation(config.data, config.seed)
   validation.validate_label_spaces(config, federation.num_classes)
-  problem = lr_grid.build_problem(config, federation)
+  validation.require_one_client_architecture(config, "the learning-rate study")
+  workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="lr_study_"))
   server_lrs = np.array(sorted(float(v) for v in server_lrs))
   client_lrs = np.array(sorted(float(v) for v in client_lrs))
   s_grid, c_grid = (a.ravel() for a in np.meshgrid(server_lrs, client_lrs, indexing="ij"))
   num_evals = max(config.num_steps // eval_every, 1)
   t0 = time.perf_counter()
-  losses, accs = lr_grid.run_grid(problem, s_grid, c_grid, eval_every, num_evals, chunk_size)
+  losses, accs = lr_grid.run_grid(config, s_grid, c_grid, workdir, eval_every=eval_every,
+                                  num_evals=num_evals, chunk_size=chunk_size)
   seconds = time.perf_counter() - t0
-  measured = smoothness.config_smoothness(config, federation, problem.init_state,
+  init_state = jax.jit(algorithms.build_algorithm(config, federation).init_state)()
+  measured = smoothness.config_smoothness(config, federation, init_state,
                                           smoothness_batch, seed=config.seed)
   return LrStudy(server_lrs, client_lrs, losses, accs,
                  lr_grid.steps_to_target(accs, losses, target, eval_every), target,

@@ -66,6 +66,13 @@ class MetricWriter:
           for m, v in enumerate(value.ravel()):
             self._tb.add_scalar(f"{key}/client_{m:02d}", v.item(), step)
 
+  def write_event(self, step: int, name: str, text: str) -> None:
+    """Records a one-line event (e.g. 'diverged': the message) as `{step, name: text}`."""
+    self._file.write(json.dumps({"step": int(step), name: text}) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      self._tb.add_text(name, text, step)
+
   def write_timing(self, step: int, timing: dict[str, float]) -> None:
     """Wall-clock measurements (not reproducible, so kept out of metrics.jsonl)."""
     self._timing.write(json.dumps({"step": int(step), "time": time.time(), **timing}) + "\n")
@@ -86,6 +93,9 @@ class DiscardingWriter:
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     del step, metrics
+
+  def write_event(self, step: int, name: str, text: str) -> None:
+    del step, name, text
 
   def write_timing(self, step: int, timing: dict[str, float]) -> None:
     del step, timing

@@ -5,6 +5,8 @@ their learning rates, schedules and momenta are chosen independently: how the tw
 learning rates interact is the central question MTSL's theory asks.
 """
 
+import functools
+
 import ml_collections
 import optax
 
@@ -12,17 +14,21 @@ OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULE_NAMES = ("constant", "cosine", "warmup_cosine", "linear")
 
 
-def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def make_schedule(config: ml_collections.ConfigDict, total_steps: int,
+                  learning_rate=None) -> optax.Schedule:
   """The learning-rate schedule of one optimizer section.
 
   Args:
     config: an optimizer section (name, learning_rate, schedule, warmup_steps, ...).
     total_steps: the run's length, over which decaying schedules go to zero.
+    learning_rate: the peak rate, if not `config.learning_rate` (a traced value when the
+      rate is held in the optimizer state).
 
   Returns:
     An optax schedule: step -> learning rate.
   """
-  lr, steps = config.learning_rate, max(total_steps, 1)
+  lr = config.learning_rate if learning_rate is None else learning_rate
+  steps = max(total_steps, 1)
   if config.schedule == "constant":
     return optax.constant_schedule(lr)
   if config.schedule == "cosine":
@@ -49,6 +55,12 @@ def make_optimizer(config: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
   """An optax optimizer from one optimizer section.
 
+  With `config.learning_rate_in_state` the peak learning rate is a value in the optimizer
+  state (`optax.inject_hyperparams`) instead of a constant of the program: runs that
+  differ only in their learning rates then compile to the same program, so a replica
+  group (`replicas.py`: learning-rate grids) trains them as one vmapped program. The
+  updates are the same either way.
+
   Weight decay is decoupled for every optimizer (Loshchilov & Hutter, 2019): the update
   is `-lr * (direction + weight_decay * params)`, where the direction is the gradient
   (sgd), its momentum trace (momentum, nesterov) or Adam's scaled moment (adam, adamw);
@@ -64,7 +76,16 @@ def make_optimizer(config: ml_collections.ConfigDict,
   Returns:
     An `optax.GradientTransformation`.
   """
-  lr = make_schedule(config, total_steps)
+  if config.get("learning_rate_in_state", False):
+    build = functools.partial(_make_optimizer, config, total_steps)
+    return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
+  return _make_optimizer(config, total_steps)
+
+
+def _make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+                    learning_rate=None) -> optax.GradientTransformation:
+  """`make_optimizer` with the peak rate given (None: the config's)."""
+  lr = make_schedule(config, total_steps, learning_rate)
   if config.weight_decay > 0:
     core = optax.chain(_direction(config), optax.add_decayed_weights(config.weight_decay),
                        optax.scale_by_learning_rate(lr))

@@ -7,9 +7,11 @@ interrupted one resumes from its checkpoints, and `<sweep_dir>/summary.csv` gets
 per run with the overrides and the final metrics.
 
 With `vmap_seeds=True`, combinations that differ only in 'seed' form a group trained as
-one vmapped program by `seed_batch.train_seeds` (or one after another when
-`seed_batch.can_vmap_seeds` says the seeds cannot share a program). Every seed still gets
-its own workdir, result.json and summary row, exactly as without it; the group's stacked
+one vmapped program by `seed_batch.train_seeds` (or one after another when the seeds
+cannot share a program, `replicas.same_program`). Every seed still gets its own workdir,
+result.json and summary row, exactly as without it (a seed that diverges stops the sweep
+with `loop.NonFiniteError` as an ordinary run would, after the other seeds of its group
+are recorded); the group's stacked
 checkpoints live in `<sweep_dir>/seed_groups/<name>_seeds=<s0,s1,...>/`, so an interrupted
 group resumes. Only the seeds without a result.json are grouped on a rerun.
 """
@@ -25,7 +27,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from mtsl_jax import seed_batch, train, validation
+from mtsl_jax import loop, seed_batch, train, validation
 
 SUMMARY_FIELDS = ("test/accuracy_mean", "test/accuracy_weighted", "test/accuracy_worst",
                   "test/loss_mean")
@@ -133,7 +135,11 @@ def run_sweep(base_config: ml_collections.ConfigDict, sweep: dict[str, list],
       results = seed_batch.train_seeds(configs[pending[0]], seeds, workdirs,
                                        group_dir=group_dir, fallback_fn=train_fn)
       for i, result in zip(pending, results):
-        rows[i] = _finish_run(sweep_dir, combos[i], result)
+        if result.diverged is None:
+          rows[i] = _finish_run(sweep_dir, combos[i], result)
+      for result in results:
+        if result.diverged is not None:
+          raise loop.NonFiniteError(result.diverged)
     elif pending:
       i = pending[0]
       print(f"sweep: {run_name(combos[i])}", flush=True)

@@ -1,5 +1,13 @@
 """`train_and_evaluate(config, workdir)`: the one training loop of every algorithm.
 
+`train_replicas(configs, workdirs)` runs the same loop over a replica group: runs that
+share one program (seeds, learning-rate grid points, any field that reaches the step as
+state or data; `replicas.py`) stacked on a leading axis and trained as ONE vmapped,
+jitted program, with per-replica metrics.jsonl and config.json, one group checkpoint,
+and a divergence guard per replica (a diverged replica is frozen at its last good state
+and reported; the others go on). Runs that cannot share a program fall back to
+`train_and_evaluate` one after another.
+
 Order of work, every refusal before anything is written or compiled: validate the config
 -> check and lock the workdir (one live run per workdir) -> build the clients' data and
 check their values -> build the algorithm -> check the workdir's latest checkpoint against
@@ -26,7 +34,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +43,11 @@ import numpy as np
 import optax
 import tqdm
 
+from absl import logging
+
 from mtsl_jax import algorithms, checkpointing, data, distributed, evaluation, loop
-from mtsl_jax import fingerprint, metric_writers, sharding, signals, split, validation
+from mtsl_jax import fingerprint, metric_writers, replicas, sharding, signals, split
+from mtsl_jax import validation
 from mtsl_jax import workdir as workdirs
 
 TrainingInterrupted = signals.TrainingInterrupted
@@ -51,11 +62,15 @@ class TrainResult:
     eval_metrics: the final evaluation (see `evaluation.summarize`).
     train_metrics: the last logged train metrics.
     algorithm: the built Algorithm (for further evaluation in a notebook).
+    diverged: None, or (a replica of a group that hit a non-finite value) the message
+      naming the step and what diverged; `state` and `eval_metrics` are then those of
+      its last good step.
   """
   state: Any
   eval_metrics: dict
   train_metrics: dict
   algorithm: algorithms.Algorithm
+  diverged: str | None = None
 
 
 def next_boundary(step: int, config) -> int:
@@ -147,24 +162,48 @@ def _param_norms(state) -> dict:
 
 
 _param_norms_jit = jax.jit(_param_norms)
+_replica_param_norms = jax.jit(jax.vmap(_param_norms))
 
 
-def _train_summary(means: dict, algorithm, state, step: int) -> dict:
+def _train_record(means: dict, algorithm, norms: dict, step: int) -> dict:
   """The train record of a log step: the window's means, parameter norms and traffic."""
   out = {k: np.asarray(v) for k, v in means.items()}
-  for key, value in sharding.to_host(_param_norms_jit(state)).items():
+  for key, value in norms.items():
     out.setdefault(key, np.asarray(value))  # algorithms may report their own
   out.update(algorithm.traffic.cumulative(step))
   return out
 
 
-def _print_accuracies(eval_metrics: dict, step: int) -> None:
+def _print_accuracies(eval_metrics: dict, step: int, label: str = "") -> None:
   acc = eval_metrics["test/accuracy"]
   per_task = " ".join(f"{a:.3f}" for a in acc)
-  print(f"step {step}: per-task test accuracy [{per_task}]\n"
+  print(f"{label}step {step}: per-task test accuracy [{per_task}]\n"
         f"  mean {eval_metrics['test/accuracy_mean']:.4f}  "
         f"weighted {eval_metrics['test/accuracy_weighted']:.4f}  "
         f"worst {eval_metrics['test/accuracy_worst']:.4f}", flush=True)
+
+
+@dataclasses.dataclass
+class _Plan:
+  """What the loop trains: one run, or a replica group (then `replicated`).
+
+  Attributes:
+    configs, workdirs, federations, algorithms: one per run (replica), in order.
+    replicated: a replica group, trained as one vmapped program.
+    checkpoint_dir: `<workdir>/checkpoints`, or the group directory's.
+    fingerprint: what the checkpoints are computed from.
+    names: how messages name each replica ('' for a single run).
+    group_data: a group's data on the host (`replicas.stack_data`); None for one run.
+  """
+  configs: list
+  workdirs: list
+  federations: list
+  algorithms: list
+  replicated: bool
+  checkpoint_dir: pathlib.Path
+  fingerprint: dict
+  names: list
+  group_data: replicas.GroupData | None = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -195,95 +234,253 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   with signals.stop_requests() as stop:
     workdir = workdirs.check_workdir(workdir) if primary else pathlib.Path(workdir)
     with workdirs.locked(workdir) if primary else contextlib.nullcontext():
-      return _train_locked(config, workdir, stop, verbose=verbose and primary,
-                           primary=primary)
+      federation, algorithm = prepare_run(config)
+      plan = _Plan([config], [workdir], [federation], [algorithm], replicated=False,
+                   checkpoint_dir=workdir / "checkpoints",
+                   fingerprint=fingerprint.of_run(config, federation), names=[""])
+      with jax.disable_jit(config.disable_jit):
+        return _train_locked(plan, stop, verbose=verbose and primary, primary=primary)[0]
 
 
-def _train_locked(config, workdir: pathlib.Path, stop: signals.StopRequests, *,
-                  verbose: bool, primary: bool) -> TrainResult:
-  """`train_and_evaluate` once the config is valid and the workdir is ours."""
-  federation, algorithm = prepare_run(config)
-  mesh = sharding.client_mesh(config.parallel.client_devices, federation.num_clients)
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints",
-                                            fingerprint.of_run(config, federation),
+def train_replicas(configs: Sequence[ml_collections.ConfigDict],
+                   workdirs_: Sequence[str | pathlib.Path], *,
+                   group_dir: str | pathlib.Path | None = None, verbose: bool = False,
+                   fallback_fn: Callable | None = None,
+                   allow_single: bool = False) -> list[TrainResult]:
+  """Trains several runs as one vmapped program when they share one (else in turn).
+
+  Args:
+    configs: one config per run; they may differ in any field that reaches the step as
+      state or data (the seed; learning rates with `learning_rate_in_state`), which
+      `replicas.same_program` checks on the traced programs.
+    workdirs_: one workdir per run (metrics.jsonl, timing.jsonl, tensorboard/ and
+      config.json, as an ordinary run writes them; no checkpoints).
+    group_dir: where the group's checkpoints go (default `replicas.default_group_dir`).
+    verbose: print one line when the group starts or falls back, and divergences.
+    fallback_fn: `(config, workdir, verbose=...) -> TrainResult` for runs that cannot
+      share a program (default `train_and_evaluate`).
+    allow_single: train even one run as a group (of one), e.g. so that many short runs
+      in one process share the group path's eager initialization.
+
+  Returns:
+    One TrainResult per run, in order; a replica that diverged has `diverged` set.
+
+  Raises:
+    As `train_and_evaluate`, except that divergence does not raise in a group.
+  """
+  fallback_fn = fallback_fn or train_and_evaluate
+  workdirs_ = [pathlib.Path(w) for w in workdirs_]
+  if len(workdirs_) != len(configs) or len(set(workdirs_)) != len(workdirs_):
+    raise validation.ConfigError("workdir", f"one distinct workdir per run; got "
+                                 f"{len(workdirs_)} for {len(configs)} runs")
+  for config in configs:
+    validation.validate_config(config)
+  with signals.stop_requests() as stop:
+    feds, algs = (list(t) for t in zip(*[prepare_run(c) for c in configs]))
+    group, reason = _group_data(configs, feds, algs, allow_single)
+    if group is not None:
+      group_dir = workdirs.check_workdir(
+          group_dir or replicas.default_group_dir(workdirs_, configs))
+      workdirs_ = [workdirs.check_workdir(w) for w in workdirs_]
+      names = [", ".join(f"{k}={v}" for k, v in label.items()) or f"replica {r}"
+               for r, label in enumerate(replicas.labels(configs))]
+      plan = _Plan(list(configs), workdirs_, feds, algs, replicated=True,
+                   checkpoint_dir=group_dir / "checkpoints",
+                   fingerprint=replicas.group_fingerprint(configs, feds), names=names,
+                   group_data=group)
+      with contextlib.ExitStack() as locks:
+        for w in [group_dir, *workdirs_]:
+          locks.enter_context(workdirs.locked(w))
+        with jax.disable_jit(configs[0].disable_jit):
+          return _train_locked(plan, stop, verbose=verbose, primary=True)
+  logging.warning("runs %s train one after another: %s", [str(w) for w in workdirs_], reason)
+  if verbose:
+    print(f"train_replicas: {len(configs)} runs one after another: {reason}", flush=True)
+  return [fallback_fn(c, w, verbose=verbose) for c, w in zip(configs, workdirs_)]
+
+
+def _group_data(configs, feds, algs,
+                allow_single: bool) -> tuple[replicas.GroupData | None, str]:
+  """The group's stacked data if the runs can train as one replica group, else why not."""
+  if len(configs) < (1 if allow_single else 2):
+    return None, "fewer than two runs"
+  if jax.process_count() > 1:
+    return None, "a multi-process run (each run uses the mesh of all processes' devices)"
+  if any(c.parallel.client_devices != 1 for c in configs):
+    return None, "clients are sharded over several devices (parallel.client_devices)"
+  not_vmappable = sorted(set(replicas.varying_fields(configs)) & _PROGRAM_FIELDS)
+  if not_vmappable:
+    return None, f"the runs differ in {not_vmappable}, which change the program's shapes"
+  group = replicas.stack_data(feds, configs[0].eval_batch_size)
+  one = (lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)) if group.shared else (
+      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype))
+  train_shapes = jax.tree.map(one, group.train)
+  test_x = one(group.test_x)
+  chunk_x = jax.ShapeDtypeStruct(test_x.shape[:1] + (group.chunk,) + test_x.shape[2:],
+                                 test_x.dtype)
+  ok, reason = replicas.same_program(algs, train_shapes, chunk_x)
+  return (group, "") if ok else (None, reason)
+
+
+# Fields whose differences change array shapes or the loop itself: never one program.
+_PROGRAM_FIELDS = {"algorithm", "batch_size", "num_steps", "log_every", "eval_every",
+                   "checkpoint_every", "data.num_clients", "model.name", "disable_jit"}
+
+
+def _place(plan: _Plan, mesh):
+  """The data on the device(s): (train, (test_x, test_y, test_counts), chunk, axis).
+
+  One run: padded on the host and placed once, on one device or straight into the
+  client sharding (no device ever holds the whole data set of a sharded run). A group:
+  stacked on a leading replica axis (axis 0), or one copy for all (axis None).
+  """
+  if plan.replicated:
+    group = plan.group_data
+    train, test = jax.device_put((group.train, (group.test_x, group.test_y,
+                                                group.test_counts)))
+    return train, test, group.chunk, None if group.shared else 0
+  train_np, test_np = data.to_host(plan.federations[0])
+  chunk = min(plan.configs[0].eval_batch_size, int(test_np.x.shape[1]))
+  test_x, test_y = evaluation.pad_examples(test_np.x, test_np.y, chunk)
+  if mesh is not None:
+    train, test = sharding.shard_clients((train_np, (test_x, test_y, test_np.counts)), mesh)
+  else:
+    train, test = jax.device_put((train_np, (test_x, test_y, test_np.counts)))
+  return train, test, chunk, None
+
+
+def _read_divergence(workdir: pathlib.Path) -> str:
+  """The divergence a replica's metrics.jsonl records (a group resumed after it froze)."""
+  for record in reversed(metric_writers.read_metrics(workdir)):
+    if "diverged" in record:
+      return record["diverged"]
+  return "diverged before the checkpoint this group resumed from"
+
+
+def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
+                  primary: bool) -> list[TrainResult]:
+  """The loop of `train_and_evaluate` and `train_replicas` (configs valid, dirs ours)."""
+  config, alg0, fed0 = plan.configs[0], plan.algorithms[0], plan.federations[0]
+  num = len(plan.configs)
+  mesh = (None if plan.replicated else
+          sharding.client_mesh(config.parallel.client_devices, fed0.num_clients))
+  checkpointer = checkpointing.Checkpointer(plan.checkpoint_dir, plan.fingerprint,
                                             config.max_checkpoints_to_keep)
-  writer, abandon = None, False
+  writers, abandon = [], False
   try:
     step = check_resume(checkpointer, config)
-    writer = (metric_writers.MetricWriter(workdir, start_step=step) if primary
-              else metric_writers.DiscardingWriter())
+    writers = [metric_writers.MetricWriter(w, start_step=step) if primary
+               else metric_writers.DiscardingWriter() for w in plan.workdirs]
     if primary:
-      write_config(config, workdir)
-    # Padded on the host and placed once: on one device, or straight into the client
-    # sharding (no device ever holds the whole data set of a sharded run).
-    train_np, test_np = data.to_host(federation)
-    chunk = min(config.eval_batch_size, int(test_np.x.shape[1]))
-    test_x, test_y = evaluation.pad_examples(test_np.x, test_np.y, chunk)
-    if mesh is not None:
-      train_data, (test_x, test_y, test_counts) = sharding.shard_clients(
-          (train_np, (test_x, test_y, test_np.counts)), mesh)
+      for c, w in zip(plan.configs, plan.workdirs):
+        write_config(c, w)
+    train_data, (test_x, test_y, test_counts), chunk, data_axis = _place(plan, mesh)
+    evaluate = evaluation.make_evaluate(alg0.logits, jnp.asarray(alg0.num_classes_M), chunk)
+    if plan.replicated:
+      evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, data_axis, data_axis, data_axis)))
+      run_steps = loop.make_multi_step(jax.vmap(alg0.step, in_axes=(0, data_axis)),
+                                       replicated=True)
+      init_all = lambda: loop.Replicas(
+          states=jax.tree.map(lambda *xs: jnp.stack(xs),
+                              *[alg.init_state() for alg in plan.algorithms]),
+          frozen=jnp.zeros((num,), bool))
     else:
-      train_data, (test_x, test_y, test_counts) = jax.device_put(
-          (train_np, (test_x, test_y, test_np.counts)))
-    evaluate = evaluation.make_evaluate(algorithm.logits,
-                                        jnp.asarray(algorithm.num_classes_M), chunk)
-    run_steps = loop.make_multi_step(algorithm.step)
+      run_steps = loop.make_multi_step(alg0.step)
+      init_all = alg0.init_state
 
     # The state is created, or restored, directly in its final placement (in a
     # multi-process run no process could read back the whole state to place it).
-    abstract = jax.eval_shape(algorithm.init_state)
-    shardings = sharding.state_shardings(abstract, mesh, federation.num_clients)
+    abstract = jax.eval_shape(init_all)
+    shardings = (None if plan.replicated else
+                 sharding.state_shardings(abstract, mesh, fed0.num_clients))
     empty_window = run_steps.empty_window(abstract, train_data)
     if step:
-      state = checkpointer.restore(jax.tree.map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings))
+      target_shapes = abstract if shardings is None else jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+      state = checkpointer.restore(target_shapes)
       window = checkpointer.restore_window(empty_window)
-    else:
-      state = jax.jit(algorithm.init_state, out_shardings=shardings)()
+    elif plan.replicated:
+      # Eagerly, op by op: op compilations are cached by shape, so the replicas after the
+      # first (and later groups of the same model in this process) initialize in a
+      # fraction of a second, where a jit per replica compiles each one's closure anew.
+      state = loop.Replicas(
+          states=replicas.stack_on_host([alg.init_state() for alg in plan.algorithms]),
+          frozen=jnp.zeros((num,), bool))
       window = empty_window
+    else:
+      state = jax.jit(alg0.init_state, out_shardings=shardings)()
+      window = empty_window
+    diverged = {}
+    if plan.replicated:
+      diverged = {r: _read_divergence(plan.workdirs[r])
+                  for r in np.flatnonzero(np.asarray(state.frozen))}
     if verbose:
-      print(f"mtsl_jax: {config.algorithm} on {federation.description}\n"
-            f"  devices: {jax.devices()}"
-            f"{f' (clients sharded over {mesh.size})' if mesh is not None else ''}\n"
-            f"  parameters: {algorithm.param_counts}\n"
-            f"  bytes per step: up {int(algorithm.traffic.uplink_M.sum())}, "
-            f"down {int(algorithm.traffic.downlink_M.sum())}\n"
-            f"  {'resuming from step ' + str(step) if step else 'starting'} -> "
-            f"{config.num_steps} steps; workdir {workdir}", flush=True)
+      _print_banner(plan, mesh, step)
 
-    def evaluate_now(state):
-      raw = sharding.to_host(evaluate(state, test_x, test_y, test_counts))
-      return evaluation.summarize(raw, federation.test_counts)
+    def evaluate_now(state) -> list[dict]:
+      if not plan.replicated:
+        raw = sharding.to_host(evaluate(state, test_x, test_y, test_counts))
+        return [evaluation.summarize(raw, fed0.test_counts)]
+      raw = jax.device_get(evaluate(state.states, test_x, test_y, test_counts))
+      return [evaluation.summarize({k: v[r] for k, v in raw.items()}, f.test_counts)
+              for r, f in enumerate(plan.federations)]
 
-    train_metrics, eval_metrics = {}, None
+    def train_records(means: dict, state) -> list[dict]:
+      if not plan.replicated:
+        norms = sharding.to_host(_param_norms_jit(state))
+        return [_train_record(means, alg0, norms, step)]
+      norms = jax.device_get(_replica_param_norms(state.states))
+      return [_train_record({k: v[r] for k, v in means.items()}, alg,
+                            {k: v[r] for k, v in norms.items()}, step)
+              for r, alg in enumerate(plan.algorithms)]
+
+    train_metrics, eval_metrics = [{} for _ in range(num)], None
     bar = tqdm.tqdm(total=config.num_steps, initial=step, unit="step", dynamic_ncols=True,
                     disable=not (config.progress_bar and primary), file=sys.stderr)
     stop.start_training()
     with bar:
-      while step < config.num_steps:
+      while step < config.num_steps and len(diverged) < num:
         target = next_boundary(step, config)
         t0 = time.perf_counter()
         state, summary = run_steps(state, train_data, target - step, window)
         summary = sharding.to_host(summary)
-        loop.raise_if_diverged(summary, state)
+        if plan.replicated:
+          state = _freeze_diverged(plan, state, summary, diverged, writers, verbose)
+        else:
+          loop.raise_if_diverged(summary, state)
         elapsed = time.perf_counter() - t0
         bar.update(target - step)
         step, window = target, summary["window"]
-        writer.write_timing(step, {"chunk_seconds": elapsed,
-                                   "steps_per_second": int(summary["steps_run"]) / elapsed})
+        timing = {"chunk_seconds": elapsed,
+                  "steps_per_second": int(summary["steps_run"]) / elapsed}
+        if plan.replicated:
+          timing["replicas"] = num
+        for w in writers:
+          w.write_timing(step, timing)
+        live = [r not in diverged for r in range(num)]
         if step % config.log_every == 0 or step == config.num_steps:
-          train_metrics = _train_summary(summary["mean"], algorithm, state, step)
-          writer.write(step, train_metrics)
+          records = train_records(summary["mean"], state)
+          for r in range(num):
+            if live[r]:
+              train_metrics[r] = records[r]
+              writers[r].write(step, records[r])
           window = empty_window  # the next log averages the steps after this one
-          bar.set_postfix(loss=f"{float(train_metrics['loss']):.4f}")
+          if not plan.replicated:
+            bar.set_postfix(loss=f"{float(records[0]['loss']):.4f}")
         if step % config.eval_every == 0 or step == config.num_steps:
           eval_metrics = evaluate_now(state)
-          writer.write(step, eval_metrics)
-          bar.set_postfix(loss=f"{float(summary['mean']['loss']):.4f}",
-                          acc=f"{eval_metrics['test/accuracy_mean']:.3f}")
+          for r in range(num):
+            if live[r]:
+              writers[r].write(step, eval_metrics[r])
+          if not plan.replicated:
+            bar.set_postfix(loss=f"{float(summary['mean']['loss']):.4f}",
+                            acc=f"{eval_metrics[0]['test/accuracy_mean']:.3f}")
+        if len(diverged) == num:  # nothing left to train: keep where every replica froze
+          checkpointer.save(step, state, window)
         checkpoint_at_boundary(checkpointer, config, step, state, window,
                                distributed.signal_on_any_process(stop.signum),
-                               "rerun with the same --workdir to resume")
+                               "rerun with the same --workdir to resume" if not plan.replicated
+                               else "rerun the same command to resume")
     if eval_metrics is None:  # resumed a finished run: evaluate what was restored
       eval_metrics = evaluate_now(state)
     checkpointer.wait()
@@ -291,11 +488,67 @@ def _train_locked(config, workdir: pathlib.Path, stop: signals.StopRequests, *,
     abandon = e.immediate  # stop now: do not wait for a save in progress
     raise
   finally:
-    if writer is not None:
-      writer.close()
+    for w in writers:
+      w.close()
     if not abandon:
       checkpointer.close()
-  if verbose:
-    _print_accuracies(eval_metrics, step)
-  return TrainResult(state=state, eval_metrics=eval_metrics, train_metrics=train_metrics,
-                     algorithm=algorithm)
+  if not plan.replicated:
+    if verbose:
+      _print_accuracies(eval_metrics[0], step)
+    return [TrainResult(state=state, eval_metrics=eval_metrics[0],
+                        train_metrics=train_metrics[0], algorithm=alg0)]
+  return [TrainResult(state=replicas.unstack(state.states, r), eval_metrics=eval_metrics[r],
+                      train_metrics=train_metrics[r], algorithm=alg,
+                      diverged=diverged.get(r))
+          for r, alg in enumerate(plan.algorithms)]
+
+
+def _freeze_diverged(plan: _Plan, state: loop.Replicas, summary: dict, diverged: dict,
+                     writers: list, verbose: bool) -> loop.Replicas:
+  """Reports every replica that diverged in this chunk and makes sure it is frozen.
+
+  The runner froze replicas at a non-finite step; a replica whose parameters an update
+  overflowed at the chunk's end (loss and gradients still finite) is frozen here.
+
+  Returns:
+    The group state with every diverged replica frozen.
+  """
+  frozen = np.asarray(state.frozen).copy()
+  for r in range(len(plan.configs)):
+    if r in diverged:
+      continue
+    part = {"bad_step": summary["bad_step"][r], "state_finite": summary["state_finite"][r],
+            "last_step": summary["last_step"][r],
+            "flags": {k: v[r] for k, v in summary["flags"].items()}}
+    need_state = int(part["bad_step"]) < 0 and not bool(part["state_finite"])
+    message = loop.divergence_message(
+        part, replicas.unstack(state.states, r) if need_state else None, group=True)
+    if message is None:
+      continue
+    diverged[r] = f"{plan.names[r]}: {message}"
+    frozen[r] = True
+    at = int(part["bad_step"]) + 1 if int(part["bad_step"]) >= 0 else int(part["last_step"])
+    writers[r].write_event(at, "diverged", diverged[r])
+    logging.warning("replica diverged: %s", diverged[r])
+    if verbose:
+      print(f"train_replicas: {diverged[r]}", flush=True)
+  if frozen.any() and not np.array_equal(frozen, np.asarray(state.frozen)):
+    state = state.replace(frozen=jnp.asarray(frozen))
+  return state
+
+
+def _print_banner(plan: _Plan, mesh, step: int) -> None:
+  config, fed0, alg0 = plan.configs[0], plan.federations[0], plan.algorithms[0]
+  start = f"{'resuming from step ' + str(step) if step else 'starting'} -> {config.num_steps} steps"
+  if plan.replicated:
+    print(f"mtsl_jax: {config.algorithm} on {fed0.description}, {len(plan.configs)} "
+          f"replicas vmapped ({'; '.join(plan.names)})\n"
+          f"  {start}; group checkpoints in {plan.checkpoint_dir.parent}", flush=True)
+    return
+  print(f"mtsl_jax: {config.algorithm} on {fed0.description}\n"
+        f"  devices: {jax.devices()}"
+        f"{f' (clients sharded over {mesh.size})' if mesh is not None else ''}\n"
+        f"  parameters: {alg0.param_counts}\n"
+        f"  bytes per step: up {int(alg0.traffic.uplink_M.sum())}, "
+        f"down {int(alg0.traffic.downlink_M.sum())}\n"
+        f"  {start}; workdir {plan.workdirs[0]}", flush=True)

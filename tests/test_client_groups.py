@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mtsl_jax import algorithms, client_groups, config_base, data, loop, metric_writers
-from mtsl_jax import lr_grid, smoothness, split, train, validation
+from mtsl_jax import lr_study, smoothness, split, train, validation
 from tests.test_split import _assert_trees_close, _single_task_loss
 from tests.test_train import load_config
 
@@ -174,8 +174,8 @@ def test_a_resnet_with_groups_is_a_config_error():
 def test_tools_built_on_one_client_architecture_refuse_groups():
   config = _config("u_shaped", ((2, 1.0), (2, 0.5)))
   federation, _ = _federation()
-  with pytest.raises(validation.ConfigError, match="learning-rate grid"):
-    lr_grid.build_problem(config, federation)
+  with pytest.raises(validation.ConfigError, match="learning-rate study"):
+    lr_study.run_study(config, [0.1], [0.1], eval_every=1, target=0.5)
   with pytest.raises(validation.ConfigError, match="smoothness estimate"):
     smoothness.config_smoothness(config, federation, state=None, batch_size=8)
 

@@ -1,6 +1,7 @@
 """Tests for mtsl_jax.comparison: equal budgets, known answers of the analysis, a tiny
 end-to-end reproduction on the embedded synthetic data, resume, and divergence handling."""
 
+import dataclasses
 import pathlib
 import subprocess
 import sys
@@ -153,10 +154,13 @@ def test_tiny_reproduction_end_to_end_resumes_and_reports(tmp_path, monkeypatch)
   assert (tmp_path / "figures" / "synthetic_accuracy_vs_steps.png").stat().st_size > 0
 
 
-def test_divergence_is_a_result_isolated_per_seed_with_a_smaller_rate_fallback(
-    tmp_path, monkeypatch):
-  # Seed 1 diverges at any rate above 0.05: its group of two stops, the seeds rerun one by
-  # one, seed 1 is recorded as diverged at 0.1 and rerun at the grid's next rate, 0.05.
+def _main_phase_with(train_seeds_at, tmp_path, monkeypatch):
+  """Runs the main phase of fedavg at lr 0.1 (grid 0.05, 0.1) for seeds (0, 1), with
+  `train_seeds_at(real, lr, config, seeds, workdirs, **kwargs)` in place of train_seeds.
+
+  Returns:
+    (the (seeds, lr) of every train_seeds call, the records, a rerun function).
+  """
   monkeypatch.setattr(grid, "LR_GRID", (0.05, 0.1))
   real = runner.seed_batch.train_seeds
   calls = []
@@ -164,16 +168,29 @@ def test_divergence_is_a_result_isolated_per_seed_with_a_smaller_rate_fallback(
   def train_seeds(config, seeds, workdirs, **kwargs):
     lr = config.client_optimizer.learning_rate
     calls.append((tuple(seeds), lr))
+    return train_seeds_at(real, lr, config, seeds, workdirs, **kwargs)
+
+  monkeypatch.setattr(runner.seed_batch, "train_seeds", train_seeds)
+  paths = runner.Paths(results=tmp_path / "runs.jsonl", scratch=tmp_path / "wd")
+  rerun = lambda: runner.run_main(paths, ["synthetic"], ["fedavg"],
+                                  {("synthetic", "fedavg"): 0.1}, seeds=(0, 1),
+                                  budget_steps=50)
+  rerun()
+  return calls, records.ResultsFile(paths.results).load(), rerun
+
+
+def test_divergence_is_a_result_isolated_per_seed_with_a_smaller_rate_fallback(
+    tmp_path, monkeypatch):
+  # Seed 1 diverges at any rate above 0.05 in runs that raise (seeds trained on their
+  # own): its group of two stops, the seeds rerun one by one, seed 1 is recorded as
+  # diverged at 0.1 and rerun at the grid's next rate, 0.05.
+  def raising(real, lr, config, seeds, workdirs, **kwargs):
     if 1 in seeds and lr > 0.05:
       raise loop.NonFiniteError("seed 1: non-finite server loss at step 3\ndetails")
     return real(config, seeds, workdirs, **kwargs)
 
-  monkeypatch.setattr(runner.seed_batch, "train_seeds", train_seeds)
-  paths = runner.Paths(results=tmp_path / "runs.jsonl", scratch=tmp_path / "wd")
-  lrs = {("synthetic", "fedavg"): 0.1}
-  runner.run_main(paths, ["synthetic"], ["fedavg"], lrs, seeds=(0, 1), budget_steps=50)
+  calls, recs, rerun = _main_phase_with(raising, tmp_path, monkeypatch)
   assert calls == [((0, 1), 0.1), ((0,), 0.1), ((1,), 0.1), ((1,), 0.05)]
-  recs = records.ResultsFile(paths.results).load()
   assert [(r["seed"], r["lr"], r["final"] is None) for r in recs] == [
       (0, 0.1, False), (1, 0.1, True), (1, 0.05, False)]
   assert "step 3" in recs[1]["diverged"] and recs[2]["lr_fallback_from"] == 0.1
@@ -183,8 +200,24 @@ def test_divergence_is_a_result_isolated_per_seed_with_a_smaller_rate_fallback(
   assert (summary["lr"], summary["fallback_seeds"], summary["fallback_lrs"]) == (0.1, 1, [0.05])
   assert summary["diverged"] == 0 and summary["acc"] is not None
   calls.clear()
-  runner.run_main(paths, ["synthetic"], ["fedavg"], lrs, seeds=(0, 1), budget_steps=50)
+  rerun()
   assert not calls  # all done, fallback included
+
+
+def test_a_seed_frozen_in_its_group_is_recorded_and_rerun_alone_at_a_smaller_rate(
+    tmp_path, monkeypatch):
+  # In a group, a diverged seed does not stop the others: its result says it diverged.
+  def freezing(real, lr, config, seeds, workdirs, **kwargs):
+    results = real(config, seeds, workdirs, **kwargs)
+    return [dataclasses.replace(r, diverged="seed=1: non-finite values at step 3\nmore")
+            if s == 1 and lr > 0.05 else r for s, r in zip(seeds, results)]
+
+  calls, recs, _ = _main_phase_with(freezing, tmp_path, monkeypatch)
+  assert calls == [((0, 1), 0.1), ((1,), 0.05)]
+  assert [(r["seed"], r["lr"], r["final"] is None) for r in recs] == [
+      (0, 0.1, False), (1, 0.1, True), (1, 0.05, False)]
+  assert recs[1]["diverged"] == "seed=1: non-finite values at step 3"
+  assert recs[2]["lr_fallback_from"] == 0.1
 
 
 def test_launcher_rejects_bad_names_in_one_line(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from mtsl_jax import algorithms, config_base, data, loop, lr_grid, smoothness, split
+from mtsl_jax import config_base, smoothness, split
 from mtsl_jax import step_sizes
 
 WEIGHTS = np.array([0.5, 0.3, 0.2], np.float32)
@@ -317,34 +317,3 @@ def test_nonconvex_gradient_bound_holds_along_an_mlp_run():
   assert f[-1] < f[0]
 
 
-# ---- the vmapped learning-rate grid -----------------------------------------------------
-
-
-def test_vmapped_grid_equals_running_each_point_with_the_ordinary_loop():
-  """Each grid point equals the library's own training path at its rates; chunking agrees."""
-  c = config_base.base_config()
-  c.data.num_clients = 3
-  c.data.synthetic.max_examples = 80
-  c.model.hidden_sizes = (8, 8)
-  c.batch_size = 4
-  federation = data.build_federation(c.data, c.seed)
-  problem = lr_grid.build_problem(c, federation)
-  server_lrs, client_lrs = np.array([0.05, 0.2]), np.array([0.1, 0.3])
-  runner = lr_grid.make_grid_runner(problem, eval_every=3, num_evals=2)
-  states, losses, _ = runner(lr_grid.grid_states(problem.init_state, server_lrs, client_lrs))
-  train, _ = data.to_device(federation)
-  for g in range(2):
-    c.server_optimizer.learning_rate = float(server_lrs[g])
-    c.client_optimizer.learning_rate = float(client_lrs[g])
-    algorithm = algorithms.build_algorithm(c, federation)
-    run = loop.make_multi_step(algorithm.step, donate=False)
-    state, summary = run(jax.jit(algorithm.init_state)(), train, jnp.asarray(3))
-    np.testing.assert_allclose(losses[g, 0], summary["mean"]["loss"], rtol=1e-5)
-    state, _ = run(state, train, jnp.asarray(3))
-    point = jax.tree.map(lambda a, g=g: a[g], states)
-    for u, v in zip(jax.tree.leaves((point.server.params, point.clients.params)),
-                    jax.tree.leaves((state.server.params, state.clients.params))):
-      np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
-  # Chunked over the grid (one point per program, as for grids too large for memory).
-  chunked, _ = lr_grid.run_grid(problem, server_lrs, client_lrs, 3, 2, chunk_size=1)
-  np.testing.assert_allclose(chunked, losses, rtol=1e-5)

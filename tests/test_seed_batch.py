@@ -5,13 +5,14 @@ config run the ordinary way (recording each seed's TrainResult) and with `vmap_s
 """
 
 import json
+import re
 import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from mtsl_jax import algorithms, data, loop, metric_writers, seed_batch, sweeps, train
+from mtsl_jax import data, loop, metric_writers, seed_batch, sweeps, train
 from tests.test_train import load_config
 
 SEEDS = [0, 1]
@@ -119,28 +120,29 @@ def test_an_interrupted_group_resumes_exactly(runs, tmp_path):
       np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
-def test_data_size_weights_with_different_counts_fall_back_sequentially(tmp_path):
-  configs = []
-  for seed in SEEDS:
-    config = load_config("test")
-    config.split.task_weights, config.seed = "data_size", seed
-    configs.append(config)
-  feds = [data.build_federation(c.data, c.seed) for c in configs]
+def test_data_size_weights_with_different_counts_fall_back_sequentially(tmp_path, capsys):
+  config = load_config("test")
+  config.split.task_weights = "data_size"
+  feds = [data.build_federation(config.data, s) for s in SEEDS]
   assert not np.array_equal(feds[0].train_counts, feds[1].train_counts)
-  algs = [algorithms.build_algorithm(c, f) for c, f in zip(configs, feds)]
-  ok, reason = seed_batch.can_vmap_seeds(configs, algs, [f.train_counts for f in feds])
-  assert not ok and "data_size" in reason and "counts differ" in reason
-  assert seed_batch.can_vmap_seeds(configs, algs) == (
-      False, "task_weights='data_size' and the seeds' train counts are unknown")
   calls = []
-  seed_batch.train_seeds(configs[0], SEEDS, [tmp_path / "a", tmp_path / "b"],
+  seed_batch.train_seeds(config, SEEDS, [tmp_path / "a", tmp_path / "b"], verbose=True,
                          fallback_fn=lambda c, w, verbose: calls.append((c.seed, w.name)))
   assert calls == [(0, "a"), (1, "b")]
+  # The reason comes from comparing the traced programs: the weights are constants.
+  assert "another program" in capsys.readouterr().out
+  assert not (tmp_path / "seed_groups").exists()
 
 
-def test_divergence_names_the_seed(tmp_path):
+def test_a_diverged_seed_is_frozen_and_named_while_the_group_finishes(tmp_path):
   config = load_config("test")
   config.num_steps = config.log_every = config.eval_every = config.checkpoint_every = 10
   config.client_optimizer.learning_rate = config.server_optimizer.learning_rate = 1e6
-  with pytest.raises(loop.NonFiniteError, match=r"at step \d+ in seed \d: .*(server|client)"):
-    seed_batch.train_seeds(config, SEEDS, [tmp_path / "a", tmp_path / "b"])
+  results = seed_batch.train_seeds(config, SEEDS, [tmp_path / "a", tmp_path / "b"])
+  for seed, result in zip(SEEDS, results):
+    assert re.match(rf"seed={seed}: non-finite values at step \d+ in: .*(server|client)",
+                    result.diverged)
+    assert "this replica is frozen there and the others go on" in result.diverged
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(result.state))
+  with pytest.raises(loop.NonFiniteError, match="seed=0: non-finite"):
+    sweeps.run_sweep(config, {"seed": SEEDS}, tmp_path / "sweep", vmap_seeds=True)

@@ -85,29 +85,38 @@ def _run_group(paths: Paths, *, phase: str, dataset: str, setting: str, method: 
                 device=f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
                 cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 2))
   try:
-    seed_batch.train_seeds(config, todo, workdirs, allow_single=True,
-                           group_dir=group / f"seed_group={','.join(map(str, todo))}")
+    results = seed_batch.train_seeds(config, todo, workdirs, allow_single=True,
+                                     group_dir=group / f"seed_group={','.join(map(str, todo))}")
   except loop.NonFiniteError as e:
+    # Only runs trained on their own raise (seeds that could not share a program); in a
+    # group a diverged seed is frozen and reported in its result.
     if len(todo) > 1:
       if verbose:
         print(f"[{phase}] {dataset}/{setting}{noise_part} {method} lr={lr:g}: a seed "
               "diverged; rerunning the seeds one by one", flush=True)
       return [r for s in todo for r in _run_group(paths, lr=lr, seeds=(s,),
                                                   fallback_from=fallback_from, **again)]
-    new = [dict(base, seed=todo[0], diverged=str(e).splitlines()[0], curve=None, final=None,
-                wall_seconds_group=round(time.perf_counter() - start, 2), **common)]
-  else:
-    wall = round(time.perf_counter() - start, 2)
-    new = [dict(base, seed=s, diverged=None, wall_seconds_group=wall, **common,
-                **records.read_run(w, per)) for s, w in zip(todo, workdirs)]
+    results = [None]
+    failure = str(e).splitlines()[0]
+  wall = round(time.perf_counter() - start, 2)
+  new = []
+  for s, w, result in zip(todo, workdirs, results):
+    message = failure if result is None else result.diverged
+    if message is not None:
+      new.append(dict(base, seed=s, diverged=message.splitlines()[0], curve=None, final=None,
+                      wall_seconds_group=wall, **common))
+    else:
+      new.append(dict(base, seed=s, diverged=None, wall_seconds_group=wall, **common,
+                      **records.read_run(w, per)))
   out.append(new)
   if verbose:
     accs = " ".join("diverged" if r["final"] is None else f"{r['final']['accuracy_mean']:.3f}"
                     for r in new)
     print(f"[{phase}] {dataset}/{setting}{noise_part} {method} lr={lr:g} seeds={todo}: "
           f"acc {accs} ({time.perf_counter() - start:.0f} s)", flush=True)
-  if new[0]["final"] is None and phase != "tune" and smaller:
-    return new + _run_group(paths, lr=max(smaller), seeds=todo,
+  diverged = [r["seed"] for r in new if r["final"] is None]
+  if diverged and phase != "tune" and smaller:
+    return new + _run_group(paths, lr=max(smaller), seeds=diverged,
                             fallback_from=fallback_from or lr, **again)
   return new
 
