@@ -47,7 +47,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
-from mtsl_jax import algorithms, config_base, data, loop, models, sharding, split
+from mtsl_jax import algorithms, config_base, data, loop, models, sharding, split_gradients
+from mtsl_jax import split_model, task_losses
 
 try:
   import torch
@@ -221,7 +222,7 @@ class JaxClientLoop:
   """
 
   def __init__(self, config, federation, server_params, client_params, rng):
-    model = split.make_split_model(config.model, config.split, 10)
+    model = split_model.make_split_model(config.model, config.split, 10)
     num_clients = federation.num_clients
     lr_s, lr_c = config.server_optimizer.learning_rate, config.client_optimizer.learning_rate
     weight, batch = 1.0 / num_clients, config.batch_size
@@ -243,7 +244,7 @@ class JaxClientLoop:
 
     @functools.partial(jax.jit, donate_argnums=0)
     def top_step(params, h, y):
-      loss_fn = lambda p, h: split.masked_cross_entropy(model.top.apply(p, h), y, 10)
+      loss_fn = lambda p, h: task_losses.masked_cross_entropy(model.top.apply(p, h), y, 10)
       loss, (g_top, g_h) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, h)
       return loss, jax.tree.map(lambda p, g: p - lr_c * g, params, g_top), g_h
 
@@ -417,7 +418,7 @@ def profile_step(model: str, num_clients: int, batch: int, repeats: int) -> dict
   The parts: the batch draw, the client bottoms' forward, their forward and backward
   (the per-client weight gradients), the server part's forward and backward on all
   clients' smashed data, the client tops' forward and backward, all gradients at once
-  (`split.fused_gradients`), the whole step (plus both optimizer updates and the health
+  (`split_gradients.fused_gradients`), the whole step (plus both optimizer updates and the health
   metrics) and one step of the multi-step runner.
 
   Args:
@@ -432,7 +433,7 @@ def profile_step(model: str, num_clients: int, batch: int, repeats: int) -> dict
   federation = random_federation(num_clients, examples_per_client(num_clients))
   config = make_config(model, num_clients, batch)
   algorithm = algorithms.build_algorithm(config, federation)
-  cut = split.make_split_model(config.model, config.split, 10)
+  cut = split_model.make_split_model(config.model, config.split, 10)
   train_data, _ = data.to_device(federation)
   state = jax.jit(algorithm.init_state)()
   sp, cp = state.server.params, state.clients.params
@@ -449,7 +450,7 @@ def profile_step(model: str, num_clients: int, batch: int, repeats: int) -> dict
       return vjp(jnp.ones_like(out))
     return jax.jit(go), primals
 
-  top_loss = lambda tp, h: jax.vmap(split.masked_cross_entropy)(cut.client_top(tp, h), y,
+  top_loss = lambda tp, h: jax.vmap(task_losses.masked_cross_entropy)(cut.client_top(tp, h), y,
                                                                  num_classes)
   steps = 10
   run, n = loop.make_multi_step(algorithm.step, donate=False), jnp.asarray(steps, jnp.int32)
@@ -462,7 +463,7 @@ def profile_step(model: str, num_clients: int, batch: int, repeats: int) -> dict
       "server part: forward + backward": backward(cut.server_part, sp, smashed),
       "client tops: forward + backward (loss)": backward(top_loss, cp["top"], h),
       "all gradients (fused_gradients)": (jax.jit(functools.partial(
-          split.fused_gradients, cut)), (sp, cp, x, y, num_classes, weights)),
+          split_gradients.fused_gradients, cut)), (sp, cp, x, y, num_classes, weights)),
       "whole step (+ sampling, updates, metrics)": (jax.jit(algorithm.step),
                                                     (state, train_data)),
   }

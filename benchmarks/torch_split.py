@@ -145,7 +145,7 @@ def load_jax_params(sim: TorchMTSL, server_params, client_params) -> None:
 
   Args:
     sim: the PyTorch model to overwrite.
-    server_params: φ as `split.init_params` returns it.
+    server_params: φ as `split_model.init_params` returns it.
     client_params: stacked ψ, {'bottom': ..., 'top': ...} with leading axis M.
   """
   def flax_layers(tree):

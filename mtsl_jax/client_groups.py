@@ -18,8 +18,9 @@ Layout: client parameters and optimizer states are a tuple over groups, group g'
 stacked [M_g, ...]. Each group's client blocks are `jax.vmap`-ed over its own clients; the
 groups' smashed data (and head inputs) are concatenated in client order, so client m's data
 row stays m. The Python loop over the (few) groups runs at trace time: one jitted step
-holds every group. `split.py`'s gradients and step run this model unchanged through its
-methods and `split.map_clients` / `scale_clients` / `per_client_norms`.
+holds every group. MTSL's gradients and step (`split_gradients.py`, `split.py`) run this
+model unchanged through its methods and `split_state.map_clients` / `scale_clients` /
+`per_client_norms`.
 """
 
 import dataclasses
@@ -29,7 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtsl_jax import models, split
+from mtsl_jax import models, split_model
 
 PyTree = Any
 
@@ -59,7 +60,7 @@ def scaled_width(width: int, multiplier: float) -> int:
 class GroupedSplitModel:
   """Task models whose client parts differ between groups of clients; one server part G.
 
-  It has the interface of `split.SplitModel` that `split.py`'s gradients and step use; its
+  It has the interface of `split_model.SplitModel` that MTSL's gradients and step use; its
   client parameters are a tuple over groups.
 
   Attributes:
@@ -68,7 +69,7 @@ class GroupedSplitModel:
     sizes: M_g, clients per group; group g holds the sizes[g] clients after those of the
       groups before it.
   """
-  groups: tuple[split.SplitModel, ...]
+  groups: tuple[split_model.SplitModel, ...]
   sizes: tuple[int, ...]
 
   @property
@@ -109,7 +110,7 @@ class GroupedSplitModel:
 
   # F_m composed from the three parts exactly as for one stacked group: the method only
   # calls the parts above, so SplitModel's is reused rather than repeated.
-  logits = split.SplitModel.logits
+  logits = split_model.SplitModel.logits
 
   def client_parts(self, client_params: tuple) -> tuple[tuple, tuple]:
     """(bottom, top) of all clients, each a tuple over groups."""
@@ -124,7 +125,7 @@ class GroupedSplitModel:
            num_clients: int) -> tuple[PyTree, tuple]:
     """Initial (φ, ψ): φ as for one group, group g's ψ from its own clients' keys.
 
-    Client m's key depends on m alone (`split.init_params`), so groups of the configured
+    Client m's key depends on m alone (`split_model.init_params`), so groups of the configured
     width start exactly where the single-group model starts.
 
     Args:
@@ -138,14 +139,14 @@ class GroupedSplitModel:
     if num_clients != sum(self.sizes):
       raise ValueError(f"{num_clients} clients, but the groups hold {sum(self.sizes)}")
     starts = itertools.accumulate(self.sizes, initial=0)
-    inits = [split.init_params(g, key, input_shape, n, first_client=s)
+    inits = [split_model.init_params(g, key, input_shape, n, first_client=s)
              for g, n, s in zip(self.groups, self.sizes, starts)]
     # Every group computes the same φ (same key, server blocks and cut shape); keep one.
     return inits[0][0], tuple(client_params for _, client_params in inits)
 
 
 def make_split_model(model_config, split_config,
-                     num_classes: int) -> split.SplitModel | GroupedSplitModel:
+                     num_classes: int) -> split_model.SplitModel | GroupedSplitModel:
   """The split model of a config: one stacked group, or `model.client_width_groups`.
 
   Args:
@@ -154,20 +155,20 @@ def make_split_model(model_config, split_config,
     num_classes: head size, the largest label space over the tasks.
 
   Returns:
-    `split.make_split_model`'s SplitModel when `client_width_groups` is `()`, else a
+    `split_model.make_split_model`'s SplitModel when `client_width_groups` is `()`, else a
     GroupedSplitModel.
   """
   groups = tuple(model_config.client_width_groups)
   if not groups:
-    return split.make_split_model(model_config, split_config, num_classes)
+    return split_model.make_split_model(model_config, split_config, num_classes)
   blocks = models.make_blocks(model_config, num_classes)
   free = free_client_blocks(len(blocks), split_config.client_bottom_blocks,
                             split_config.client_top_blocks)
 
-  def group_model(multiplier: float) -> split.SplitModel:
+  def group_model(multiplier: float) -> split_model.SplitModel:
     scaled = [block.clone(features=scaled_width(block.features, multiplier)) if i in free
               else block for i, block in enumerate(blocks)]
-    return split.cut_blocks(scaled, split_config)
+    return split_model.cut_blocks(scaled, split_config)
 
   return GroupedSplitModel(groups=tuple(group_model(r) for _, r in groups),
                            sizes=tuple(int(n) for n, _ in groups))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax import split
+from mtsl_jax import task_losses
 
 PyTree = Any
 
@@ -52,10 +52,9 @@ def make_evaluate(logits_fn: Callable[[PyTree, jax.Array], jax.Array],
       ys = jax.lax.dynamic_slice_in_dim(y, i * chunk, chunk, axis=1)
       valid = (i * chunk + jnp.arange(chunk))[None, :] < counts[:, None]
       logits = logits_fn(state, xs)
-      correct = (split.masked_predictions(logits, num_classes_M[:, None]) == ys) & valid
-      losses = jax.vmap(jax.vmap(split.masked_cross_entropy, (0, 0, None)), (0, 0, 0))(
-          logits[:, :, None], ys[:, :, None], num_classes_M)
-      return correct.sum(axis=1), jnp.where(valid, losses, 0.0).sum(axis=1)
+      correct = (task_losses.masked_predictions(logits, num_classes_M[:, None]) == ys) & valid
+      example_losses = task_losses.cross_entropy(logits, ys, num_classes_M[:, None])
+      return correct.sum(axis=1), jnp.where(valid, example_losses, 0.0).sum(axis=1)
 
     correct, loss_sum = jax.lax.map(one_chunk, jnp.arange(num_chunks))
     return {"correct": correct.sum(axis=0), "loss_sum": loss_sum.sum(axis=0)}

@@ -1,6 +1,6 @@
 """The communication ledger: exact bytes each client sends and receives per step.
 
-Bytes are counted from the real message arrays of `split.protocol_gradients` (their
+Bytes are counted from the real message arrays of `split_gradients.protocol_gradients` (their
 shapes and dtypes), never from a formula written separately. Message shapes do not depend
 on values, so they are read once with `jax.eval_shape` and the per-step counts are exact
 for every step of a run; the training loop multiplies them by the steps taken.
@@ -11,7 +11,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from mtsl_jax import split
+from mtsl_jax import split_gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ def split_step_traffic(ctx, state, x_shape: jax.ShapeDtypeStruct,
     StepTraffic for one step.
   """
   def messages(sp, cp, x, y):
-    return split.protocol_gradients(ctx.split, sp, cp, x, y, ctx.num_classes_M,
+    return split_gradients.protocol_gradients(ctx.split, sp, cp, x, y, ctx.num_classes_M,
                                     ctx.weights_M)[4]
 
   shapes = jax.eval_shape(messages, state.server.params, state.clients.params, x_shape,

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax import split as tree_layout
+from mtsl_jax import split_state
 
 PyTree = Any
 FLAG_PREFIX = "finite/"
@@ -181,7 +181,7 @@ class Runner:
     # Once per chunk, a pass over the whole state: an update can overflow a parameter while
     # the loss and gradients stay finite. The next step's loss would show it, but not after
     # a chunk's last step, whose state is about to be logged and checkpointed.
-    finite = jax.vmap(tree_layout.all_finite) if self._replicated else tree_layout.all_finite
+    finite = jax.vmap(split_state.all_finite) if self._replicated else split_state.all_finite
     # (A scalar count divides as it is: a reshaped one compiles to other rounding.)
     mean = lambda v: v / (expand(count, v) if self._replicated else count)
     summary = {"mean": {k: mean(v) for k, v in out["window"]["sums"].items()},

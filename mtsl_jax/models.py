@@ -1,8 +1,8 @@
 """Flax models as lists of blocks, so that a split point is just an index.
 
 A model is `make_blocks(model_config, num_classes)`: a list of Flax modules applied one
-after another. The last block is always the classification head. `split.py` cuts the list
-into client bottom, server part and client top (`BlockStack` each), so where the network is
+after another. The last block is always the classification head. `split_model.py` cuts
+the list into client bottom, server part and client top (`BlockStack` each), so where the network is
 cut is a config value, identical for every algorithm that splits.
 
 Normalization is GroupNorm, not BatchNorm: it keeps no running statistics, so every part

@@ -8,7 +8,7 @@ at a given point (parameters) on a given fixed batch:
 
   * L_φ = max |eigenvalue| of ∇²_φφ f (the server block of the weighted objective);
   * L_m = max |eigenvalue| of ∇²_ψmψm f_m (client m's block of its OWN loss, matching the
-    unscaled-client convention of `split.py`);
+    unscaled-client convention of `split_gradients.py`);
   * ρ_m = ||∇²_φψm f_m||_2 (largest singular value of the cross block of task m);
   * Λ(η_s, η_c) = max |eigenvalue| of P^½ ∇²f P^½, P = diag(η_s I, η_c,m / w_m I): the
     sharpness of the objective in the metric of the MTSL step; Λ < 2 guarantees descent
@@ -17,7 +17,7 @@ at a given point (parameters) on a given fixed batch:
 Every matrix is touched only through Hessian-vector products (`jax.jvp` over `jax.grad`),
 so the cost of one power-iteration step is a few forward/backward passes, for any model.
 The functions take a per-task loss `task_loss(φ, ψ_m, batch_m) -> f_m`; `split_task_loss`
-builds it from a `split.SplitModel` (masked cross-entropy), tests build quadratics, and
+builds it from a `split_model.SplitModel` (masked cross-entropy), tests build quadratics, and
 `config_smoothness` measures everything for an experiment config and a state.
 """
 
@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import optax
 
 from mtsl_jax import data
-from mtsl_jax import split
+from mtsl_jax import split_gradients
+from mtsl_jax import split_model
+from mtsl_jax import split_state
 from mtsl_jax import validation
 from mtsl_jax.algorithms import mtsl
 
@@ -51,11 +53,11 @@ class BlockSmoothness:
   cross: jax.Array
 
 
-def split_task_loss(split_model: split.SplitModel) -> TaskLoss:
+def split_task_loss(model: split_model.SplitModel) -> TaskLoss:
   """The loss of one task of a split model, as `task_loss(φ, ψ_m, (x_m, y_m, k_m))`.
 
   Args:
-    split_model: the split model; ψ_m is one client's (unstacked) parameters.
+    model: the split model; ψ_m is one client's (unstacked) parameters.
 
   Returns:
     A function of (server params, one client's params, (x [B, ...], y [B], num_classes))
@@ -65,8 +67,8 @@ def split_task_loss(split_model: split.SplitModel) -> TaskLoss:
     x, y, k = batch_m
     # A client axis of size one reuses the library's own forward pass unchanged.
     stacked = jax.tree.map(lambda a: a[None], client_params_m)
-    losses, _ = split.per_task_losses(split_model, server_params, stacked, x[None], y[None],
-                                      jnp.reshape(k, (1,)))
+    losses, _ = split_gradients.per_task_losses(model, server_params, stacked, x[None],
+                                                y[None], jnp.reshape(k, (1,)))
     return losses[0]
 
   return task_loss
@@ -81,7 +83,7 @@ def objective(task_loss: TaskLoss, server_params: PyTree, client_params: PyTree,
 
 def mtsl_gradients(task_loss: TaskLoss, server_params: PyTree, client_params: PyTree,
                    batch: PyTree, weights_M: jax.Array) -> tuple[PyTree, PyTree]:
-  """The MTSL gradients of `split.py`'s convention for any per-task loss.
+  """The MTSL gradients of `split_gradients.py`'s convention for any per-task loss.
 
   Args:
     task_loss: per-task loss.
@@ -92,8 +94,8 @@ def mtsl_gradients(task_loss: TaskLoss, server_params: PyTree, client_params: Py
 
   Returns:
     (Σ_m w_m ∇_φ f_m, stacked ∇_ψm f_m): the server's weighted gradient and every client's
-    gradient of its own loss, unscaled; equal to `split.fused_gradients` on a split model
-    (tested).
+    gradient of its own loss, unscaled; equal to `split_gradients.fused_gradients` on a
+    split model (tested).
   """
   g_server = jax.grad(objective, argnums=1)(task_loss, server_params, client_params, batch,
                                              weights_M)
@@ -207,7 +209,7 @@ def preconditioned_sharpness(task_loss: TaskLoss, server_params: PyTree,
   return jnp.abs(lam)
 
 
-def config_smoothness(config, federation, state: split.SplitState, batch_size: int,
+def config_smoothness(config, federation, state: split_state.SplitState, batch_size: int,
                       num_iters: int = 100, seed: int = 0) -> dict[str, Any]:
   """Block constants and the sharpness of the configured rates for an MTSL config.
 
@@ -215,7 +217,7 @@ def config_smoothness(config, federation, state: split.SplitState, batch_size: i
     config: a validated MTSL experiment config (its model, split, task weights and the
       two optimizers' learning rates and client multipliers are used).
     federation: the built `data.Federation`.
-    state: a `split.SplitState` (the initial state or a restored checkpoint).
+    state: a `split_state.SplitState` (the initial state or a restored checkpoint).
     batch_size: examples per client of the fixed batch the constants are measured on,
       drawn uniformly with replacement from each client's train data.
     num_iters: power-iteration steps per constant.
@@ -227,7 +229,7 @@ def config_smoothness(config, federation, state: split.SplitState, batch_size: i
   """
   validation.require_one_client_architecture(config, "the smoothness estimate")
   num_classes = jnp.asarray(federation.num_classes, jnp.int32)
-  model = split.make_split_model(config.model, config.split, int(num_classes.max()))
+  model = split_model.make_split_model(config.model, config.split, int(num_classes.max()))
   weights = jnp.asarray(mtsl.task_weights(config.split.task_weights, federation.train_counts))
   train, _ = data.to_device(federation)
   key_batch, key_consts, key_sharp = jax.random.split(jax.random.PRNGKey(seed), 3)

@@ -46,7 +46,7 @@ import tqdm
 from absl import logging
 
 from mtsl_jax import algorithms, checkpointing, data, distributed, evaluation, loop
-from mtsl_jax import fingerprint, metric_writers, replicas, sharding, signals, split
+from mtsl_jax import fingerprint, metric_writers, replicas, sharding, signals, split_state
 from mtsl_jax import validation
 from mtsl_jax import workdir as workdirs
 
@@ -157,7 +157,7 @@ def _param_norms(state) -> dict:
   if hasattr(getattr(state, "server", None), "params"):
     norms["server/param_norm"] = optax.tree.norm(state.server.params)
   if hasattr(getattr(state, "clients", None), "params"):
-    norms["client/param_norm"] = split.per_client_norms(state.clients.params)
+    norms["client/param_norm"] = split_state.per_client_norms(state.clients.params)
   return norms
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple
 import ml_collections
 import numpy as np
 
-from mtsl_jax import algorithms, client_groups, config_base, models, optimizers, split
+from mtsl_jax import algorithms, client_groups, config_base, models, optimizers, split_model
 from mtsl_jax.algorithms import federated
 from mtsl_jax.data import synthetic
 
@@ -321,7 +321,7 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("model.resnet_blocks_per_stage", *_int_in(1, MAX_BLOCKS_PER_STAGE)),
       ("model.dtype", *one_of(DTYPES)),
       ("model.conv_impl", *one_of(models.CONV_IMPLS)),
-      ("split.orientation", *one_of(split.ORIENTATIONS)),
+      ("split.orientation", *one_of(split_model.ORIENTATIONS)),
       ("split.client_bottom_blocks", lambda v: v >= 0, "an integer >= 0"),
       ("split.client_top_blocks", lambda v: v >= 0, "an integer >= 0"),
       ("split.task_weights", *one_of(TASK_WEIGHTS)),

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mtsl_jax import algorithms, client_groups, config_base, data, loop, metric_writers
-from mtsl_jax import lr_study, smoothness, split, train, validation
+from mtsl_jax import lr_study, smoothness, split_gradients, train, validation
 from tests.test_split import _assert_trees_close, _single_task_loss
 from tests.test_train import load_config
 
@@ -97,8 +97,8 @@ def test_mixed_widths_give_each_client_the_gradient_of_its_own_architecture(orie
   model, sp, cp, x, y, k, w = _mixed_problem(orientation)
   widths = {jax.tree.leaves(g)[0].shape[1:] for g in cp}
   assert len(widths) == 2  # the groups really differ
-  fused = split.fused_gradients(model, sp, cp, x, y, k, w)
-  _assert_trees_close(fused, split.protocol_gradients(model, sp, cp, x, y, k, w)[:4])
+  fused = split_gradients.fused_gradients(model, sp, cp, x, y, k, w)
+  _assert_trees_close(fused, split_gradients.protocol_gradients(model, sp, cp, x, y, k, w)[:4])
   g_server, g_clients, losses, _ = fused
   expected_server, m = None, 0
   for group, params, grads in zip(model.groups, cp, g_clients):
@@ -136,8 +136,8 @@ def test_the_step_traces_once_and_its_program_does_not_grow_with_the_clients():
   big = dataclasses.replace(model, sizes=(10, 30))
   sp_big, cp_big = big.init(jax.random.PRNGKey(0), (12,), 40)
   tile = lambda a: jnp.tile(a, (10,) + (1,) * (a.ndim - 1))
-  eqns = lambda *args: len(jax.make_jaxpr(functools.partial(split.fused_gradients, args[0]))(
-      *args[1:]).eqns)
+  eqns = lambda *args: len(jax.make_jaxpr(functools.partial(
+      split_gradients.fused_gradients, args[0]))(*args[1:]).eqns)
   assert eqns(model, sp, cp, x, y, k, w) == eqns(big, sp_big, cp_big, tile(x), tile(y),
                                                  tile(k), tile(w) / 10)
 

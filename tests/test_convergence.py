@@ -5,7 +5,7 @@ closed form) check the descent lemma step by step, convergence to the optimum, d
 above the bound and the predicted best ratio η_c/η_s. A small split MLP with deterministic
 full-batch gradients checks the non-convex bound on min_t ||∇f||². Every update goes through
 `split.apply_gradients` with optax SGD; the quadratics get their gradients from
-`smoothness.mtsl_gradients`, which is checked here to equal `split.fused_gradients`.
+`smoothness.mtsl_gradients`, which is checked here to equal `split_gradients.fused_gradients`.
 """
 
 import jax
@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from mtsl_jax import config_base, smoothness, split
+from mtsl_jax import split_gradients, split_model, split_state
 from mtsl_jax import step_sizes
 
 WEIGHTS = np.array([0.5, 0.3, 0.2], np.float32)
@@ -73,10 +74,10 @@ class LeastSquares:
 
 
 def _state(params_s, params_c, server_tx, client_tx):
-  return split.SplitState(
+  return split_state.SplitState(
       step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(0),
-      server=split.SideState(params_s, server_tx.init(params_s)),
-      clients=split.SideState(params_c, jax.vmap(client_tx.init)(params_c)))
+      server=split_state.SideState(params_s, server_tx.init(params_s)),
+      clients=split_state.SideState(params_c, jax.vmap(client_tx.init)(params_c)))
 
 
 def run_least_squares(problem, server_lr, client_lrs, num_steps):
@@ -161,13 +162,13 @@ def test_block_constants_and_sharpness_match_the_closed_form():
 def test_mtsl_gradients_equal_the_library_fused_gradients():
   c = config_base.base_config()
   c.model.hidden_sizes = (8, 7)
-  model = split.make_split_model(c.model, c.split, 4)
-  sp, cp = split.init_params(model, jax.random.PRNGKey(0), (6,), 3)
+  model = split_model.make_split_model(c.model, c.split, 4)
+  sp, cp = split_model.init_params(model, jax.random.PRNGKey(0), (6,), 3)
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 6))
   k = jnp.array([4, 2, 3])
   y = jax.random.randint(jax.random.PRNGKey(2), (3, 5), 0, k[:, None])
   w = jnp.asarray(WEIGHTS)
-  expected = jax.jit(lambda: split.fused_gradients(model, sp, cp, x, y, k, w)[:2])()
+  expected = jax.jit(lambda: split_gradients.fused_gradients(model, sp, cp, x, y, k, w)[:2])()
   got = jax.jit(lambda: smoothness.mtsl_gradients(smoothness.split_task_loss(model), sp, cp,
                                                   (x, y, k), w))()
   for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
@@ -271,7 +272,7 @@ def test_nonconvex_gradient_bound_holds_along_an_mlp_run():
   """
   c = config_base.base_config()
   c.model.hidden_sizes = (8, 8)
-  model = split.make_split_model(c.model, c.split, 3)
+  model = split_model.make_split_model(c.model, c.split, 3)
   num_clients, n, dim = 3, 16, 6
   x = jax.random.normal(jax.random.PRNGKey(1), (num_clients, n, dim))
   y = jax.random.randint(jax.random.PRNGKey(2), (num_clients, n), 0, 3)
@@ -279,7 +280,7 @@ def test_nonconvex_gradient_bound_holds_along_an_mlp_run():
   w = jnp.asarray(WEIGHTS)
   task_loss = smoothness.split_task_loss(model)
   batch = (x, y, k)
-  sp, cp = split.init_params(model, jax.random.PRNGKey(0), (dim,), num_clients)
+  sp, cp = split_model.init_params(model, jax.random.PRNGKey(0), (dim,), num_clients)
   consts = jax.jit(lambda: smoothness.block_smoothness(task_loss, sp, cp, batch, w,
                                                        jax.random.PRNGKey(3)))()
   eta_s, eta_c = step_sizes.jacobi_rates(consts.server, consts.clients, consts.cross,

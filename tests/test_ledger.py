@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtsl_jax import config_base, ledger, optimizers, split
+from mtsl_jax import config_base, ledger, optimizers, split, split_model
 
 M, B, D, H = 3, 5, 12, 8  # clients, batch, input features, hidden width
 F32, I32 = 4, 4
@@ -28,7 +28,7 @@ def test_bytes_per_step_equal_a_hand_count(orientation):
   c.model.hidden_sizes = (H, H)
   c.split.orientation = orientation
   c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS[orientation]
-  model = split.make_split_model(c.model, c.split, 10)
+  model = split_model.make_split_model(c.model, c.split, 10)
   tx = optimizers.make_optimizer(c.server_optimizer, 10)
   ctx = split.StepContext(model, tx, tx, jnp.full((M,), 10), jnp.full((M,), 1 / M),
                           jnp.ones((M,)), B)

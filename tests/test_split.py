@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from mtsl_jax import config_base, optimizers, split
+from mtsl_jax import config_base, optimizers, split, split_gradients, split_model
+from mtsl_jax import split_state, task_losses
 
 M, B, D, C = 4, 6, 12, 5
 CUTS = {"bottom": (1, 0), "top": (0, 1), "u_shaped": (1, 1)}
@@ -18,8 +19,8 @@ def _problem(orientation, varying_classes=True):
   c.model.hidden_sizes = (8, 7)
   c.split.orientation = orientation
   c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS[orientation]
-  model = split.make_split_model(c.model, c.split, C)
-  sp, cp = split.init_params(model, jax.random.PRNGKey(0), (D,), M)
+  model = split_model.make_split_model(c.model, c.split, C)
+  sp, cp = split_model.init_params(model, jax.random.PRNGKey(0), (D,), M)
   x = jax.random.normal(jax.random.PRNGKey(1), (M, B, D))
   num_classes = jnp.array([5, 3, 5, 2] if varying_classes else [C] * M)
   y = jax.random.randint(jax.random.PRNGKey(2), (M, B), 0, num_classes[:, None])
@@ -36,7 +37,7 @@ def _single_task_loss(model, sp, cp_m, x_m, y_m, k):
   h = model.bottom.apply(cp_m["bottom"], x_m) if model.client_has_bottom else x_m
   h = model.server.apply(sp, h)
   logits = h if model.server_computes_loss else model.top.apply(cp_m["top"], h)
-  return split.masked_cross_entropy(logits, y_m, k)
+  return task_losses.masked_cross_entropy(logits, y_m, k)
 
 
 def _assert_trees_close(a, b, atol=1e-6, rtol=1e-5):
@@ -48,18 +49,18 @@ def _assert_trees_close(a, b, atol=1e-6, rtol=1e-5):
 def test_masked_cross_entropy_equals_cross_entropy_on_the_task_classes():
   logits = jnp.array([[2.0, -1.0, 0.5, 9.0, -3.0]])
   expected = -jax.nn.log_softmax(logits[:, :3])[0, 2]
-  got = split.masked_cross_entropy(logits, jnp.array([2]), 3)
+  got = task_losses.masked_cross_entropy(logits, jnp.array([2]), 3)
   np.testing.assert_allclose(got, expected, rtol=1e-6)
   # The masked logits get exactly zero gradient.
-  g = jax.grad(lambda l: split.masked_cross_entropy(l, jnp.array([2]), 3))(logits)
+  g = jax.grad(lambda l: task_losses.masked_cross_entropy(l, jnp.array([2]), 3))(logits)
   assert np.all(np.asarray(g[0, 3:]) == 0)
 
 
 @pytest.mark.parametrize("orientation", list(CUTS))
 def test_fused_equals_protocol(orientation):
   model, sp, cp, x, y, k, w = _problem(orientation)
-  fused = split.fused_gradients(model, sp, cp, x, y, k, w)
-  protocol = split.protocol_gradients(model, sp, cp, x, y, k, w)
+  fused = split_gradients.fused_gradients(model, sp, cp, x, y, k, w)
+  protocol = split_gradients.protocol_gradients(model, sp, cp, x, y, k, w)
   _assert_trees_close(fused, protocol[:4])
 
 
@@ -67,7 +68,7 @@ def test_fused_equals_protocol(orientation):
 def test_gradients_match_one_task_at_a_time(orientation):
   """Server: Σ_m w_m ∇φ f_m. Client m: ∇ψm f_m of its own loss, not scaled by w_m."""
   model, sp, cp, x, y, k, w = _problem(orientation)
-  g_server, g_clients, losses, _ = split.fused_gradients(model, sp, cp, x, y, k, w)
+  g_server, g_clients, losses, _ = split_gradients.fused_gradients(model, sp, cp, x, y, k, w)
   expected_server = None
   for m in range(M):
     loss_m, (gs_m, gc_m) = jax.value_and_grad(_single_task_loss, argnums=(1, 2))(
@@ -84,7 +85,7 @@ def test_gradients_match_one_task_at_a_time(orientation):
 def test_a_clients_loss_gives_exactly_zero_gradient_to_other_clients(orientation):
   model, sp, cp, x, y, k, _ = _problem(orientation)
   for j in range(M):
-    loss_j = lambda cp, j=j: split.per_task_losses(model, sp, cp, x, y, k)[0][j]
+    loss_j = lambda cp, j=j: split_gradients.per_task_losses(model, sp, cp, x, y, k)[0][j]
     grads = jax.grad(loss_j)(cp)
     for i in range(M):
       leaves = [np.asarray(g[i]) for g in jax.tree.leaves(grads)]
@@ -102,10 +103,10 @@ def test_vmapped_step_equals_a_per_client_loop():
   client_tx = optimizers.make_optimizer(config_base.optimizer_config("adam", 0.01), 10)
   multipliers = jnp.array([1.0, 0.5, 2.0, 1.5])
   ctx = split.StepContext(model, server_tx, client_tx, k, w, multipliers, B)
-  state = split.SplitState(
+  state = split_state.SplitState(
       step=jnp.array(0), rng=jax.random.PRNGKey(3),
-      server=split.SideState(sp, server_tx.init(sp)),
-      clients=split.SideState(cp, jax.vmap(client_tx.init)(cp)))
+      server=split_state.SideState(sp, server_tx.init(sp)),
+      clients=split_state.SideState(cp, jax.vmap(client_tx.init)(cp)))
   # Two steps, so the optimizer states matter too.
   expected_sp, expected_s_opt = sp, server_tx.init(sp)
   expected_cp = [_client(cp, m) for m in range(M)]
@@ -139,11 +140,11 @@ def test_every_client_gets_its_own_initialization():
 def test_clients_initialize_in_batches_each_by_its_own_key(monkeypatch):
   # More clients than one initialization batch (with a remainder): client m's parameters
   # are those it gets alone, from its own index.
-  monkeypatch.setattr(split, "INIT_CLIENTS_PER_BATCH", 4)
+  monkeypatch.setattr(split_model, "INIT_CLIENTS_PER_BATCH", 4)
   model = _problem("u_shaped")[0]
-  sp, cp = split.init_params(model, jax.random.PRNGKey(0), (D,), 10)
+  sp, cp = split_model.init_params(model, jax.random.PRNGKey(0), (D,), 10)
   assert jax.tree.leaves(cp)[0].shape[0] == 10
   for m in (0, 3, 4, 9):
-    sp_m, cp_m = split.init_params(model, jax.random.PRNGKey(0), (D,), 1, first_client=m)
+    sp_m, cp_m = split_model.init_params(model, jax.random.PRNGKey(0), (D,), 1, first_client=m)
     _assert_trees_close(sp_m, sp, atol=0, rtol=0)
     _assert_trees_close(_client(cp_m, 0), _client(cp, m), atol=0, rtol=0)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax import data, ledger, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.fedavg import GlobalModelState
@@ -42,7 +42,7 @@ def build(config, federation: data.Federation) -> Algorithm:
                                        input_shape)
     return GlobalModelState(step=jnp.zeros((), jnp.int32),
                             rng=local_training.run_key(config.seed),
-                            server=split.SideState(params, tx.init(params)))
+                            server=split_state.SideState(params, tx.init(params)))
 
   def objective(params, x, y):
     logits = local_training.apply_to_all(model, params, x)
@@ -56,7 +56,7 @@ def build(config, federation: data.Federation) -> Algorithm:
     (loss, (losses, accs)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.server.params, x[:, 0], y[:, 0])
     updates, opt_state = tx.update(grads, state.server.opt_state, state.server.params)
-    server = split.SideState(optax.apply_updates(state.server.params, updates), opt_state)
+    server = split_state.SideState(optax.apply_updates(state.server.params, updates), opt_state)
     finite = federated.all_finite(grads) & jnp.isfinite(loss)
     metrics = {"loss": loss, "task_loss": losses, "task_accuracy": accs,
                "server/grad_norm": optax.tree.norm(grads),

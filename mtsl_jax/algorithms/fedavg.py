@@ -11,7 +11,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax import data, ledger, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
@@ -29,7 +29,7 @@ class GlobalModelState:
   """
   step: jax.Array
   rng: jax.Array
-  server: split.SideState
+  server: split_state.SideState
 
 
 def build(config, federation: data.Federation) -> Algorithm:
@@ -56,7 +56,7 @@ def build(config, federation: data.Federation) -> Algorithm:
                                        input_shape)
     return GlobalModelState(step=jnp.zeros((), jnp.int32),
                             rng=local_training.run_key(config.seed),
-                            server=split.SideState(params, server_tx.init(params)))
+                            server=split_state.SideState(params, server_tx.init(params)))
 
   def step(state, train_data):
     round_key = jax.random.fold_in(state.rng, state.step)

@@ -24,7 +24,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax import data, ledger, optimizers, split_state, task_losses
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
@@ -37,14 +37,8 @@ class FedEMState:
   state), pi (mixture weights, float32 [M, C])."""
   step: jax.Array
   rng: jax.Array
-  server: split.SideState
+  server: split_state.SideState
   pi: jax.Array
-
-
-def _class_log_probs(logits: jax.Array, num_classes: jax.Array) -> jax.Array:
-  """log p(y|x) over a task's own label space (the other classes get ~ -1e9)."""
-  valid = jnp.arange(logits.shape[-1]) < jnp.expand_dims(num_classes, -1)
-  return jax.nn.log_softmax(jnp.where(valid, logits, -1e9), axis=-1)
 
 
 def build(config, federation: data.Federation) -> Algorithm:
@@ -73,7 +67,7 @@ def build(config, federation: data.Federation) -> Algorithm:
                                             input_shape) for c in range(num_components)]
     components = jax.tree.map(lambda *leaves: jnp.stack(leaves), *components)
     return FedEMState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
-                      server=split.SideState(components, server_tx.init(components)),
+                      server=split_state.SideState(components, server_tx.init(components)),
                       pi=jnp.full((num_clients, num_components), 1.0 / num_components,
                                        jnp.float32))
 
@@ -83,14 +77,14 @@ def build(config, federation: data.Federation) -> Algorithm:
     flat_y = y_m.reshape(-1)
     # E-step at the broadcast components: log π_mc p_c(y|x_i) for every class, [C, K*B, L].
     joint_all = jnp.log(pi_m)[:, None, None] + jax.vmap(
-        lambda p: _class_log_probs(model.apply(p, flat_x), k_m))(components)
+        lambda p: task_losses.class_log_probs(model.apply(p, flat_x), k_m))(components)
     joint = jnp.take_along_axis(joint_all, flat_y[None, :, None], axis=-1)[..., 0]
     log_mix = jax.nn.logsumexp(joint, axis=0)  # log p_m(y_i|x_i), [K*B]
     resp = jnp.exp(joint - log_mix[None])  # q_ic, [C, K*B]
     new_pi = resp.mean(axis=1)
     # The mixture's accuracy on the minibatches used (before the update).
     mix_logits = jax.nn.logsumexp(joint_all, axis=0)
-    acc = jnp.mean(split.masked_predictions(mix_logits, k_m) == flat_y)
+    acc = jnp.mean(task_losses.masked_predictions(mix_logits, k_m) == flat_y)
     resp_K = resp.reshape((num_components,) + y_m.shape)
 
     def train_component(params, resp_c):
@@ -118,7 +112,7 @@ def build(config, federation: data.Federation) -> Algorithm:
     return state.replace(step=state.step + 1, server=server, pi=pi), metrics
 
   def logits(state, x):
-    log_p = jax.vmap(lambda p: _class_log_probs(
+    log_p = jax.vmap(lambda p: task_losses.class_log_probs(
         local_training.apply_to_all(model, p, x), classes[:, None]))(state.server.params)
     log_pi = jnp.log(state.pi).T[:, :, None, None]  # [C, M, 1, 1]
     return jax.nn.logsumexp(log_pi + log_p, axis=0)

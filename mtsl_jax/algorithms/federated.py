@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtsl_jax import split
+from mtsl_jax import split_state
 from mtsl_jax.algorithms import base
 
 PyTree = Any
@@ -60,9 +60,9 @@ def weighted_mean(trees_M: PyTree, weights_M: jax.Array, mask_M: jax.Array) -> P
   return jax.tree.map(mean, trees_M)
 
 
-def server_step(tx: optax.GradientTransformation, server: split.SideState,
+def server_step(tx: optax.GradientTransformation, server: split_state.SideState,
                 client_params_M: PyTree, weights_M: jax.Array,
-                mask_M: jax.Array) -> tuple[split.SideState, dict]:
+                mask_M: jax.Array) -> tuple[split_state.SideState, dict]:
   """Aggregates the sampled clients' models into the global one (FedOpt).
 
   Args:
@@ -78,13 +78,13 @@ def server_step(tx: optax.GradientTransformation, server: split.SideState,
   deltas = jax.tree.map(lambda p, g: p - g[None], client_params_M, server.params)
   pseudo_grad = jax.tree.map(jnp.negative, weighted_mean(deltas, weights_M, mask_M))
   updates, opt_state = tx.update(pseudo_grad, server.opt_state, server.params)
-  new = split.SideState(optax.apply_updates(server.params, updates), opt_state)
+  new = split_state.SideState(optax.apply_updates(server.params, updates), opt_state)
   return new, {"server/pseudo_grad_norm": optax.tree.norm(pseudo_grad),
                "server/update_norm": optax.tree.norm(updates),
                "server/param_norm": optax.tree.norm(new.params)}
 
 
-all_finite = split.all_finite
+all_finite = split_state.all_finite
 
 
 def client_finite(tree_M: PyTree, losses_M: jax.Array, mask_M: jax.Array) -> jax.Array:

@@ -13,7 +13,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from mtsl_jax import data, ledger, models, optimizers, split
+from mtsl_jax import data, ledger, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
@@ -25,7 +25,7 @@ class FedRepState:
   """Attributes: step, rng, server (body and server optimizer state), heads ([M], personal)."""
   step: jax.Array
   rng: jax.Array
-  server: split.SideState
+  server: split_state.SideState
   heads: dict
 
 
@@ -63,7 +63,7 @@ def build(config, federation: data.Federation) -> Algorithm:
     head_params = local_training.init_model(head, jax.random.fold_in(key, 1), head_in)
     heads = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), head_params)
     return FedRepState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
-                       server=split.SideState(body_params, server_tx.init(body_params)),
+                       server=split_state.SideState(body_params, server_tx.init(body_params)),
                        heads=heads)
 
   def step(state, train_data):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax import data, ledger, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
@@ -23,7 +23,7 @@ class LocalState:
   """Attributes: step (int32), rng (base key), clients (params and optimizer states, [M])."""
   step: jax.Array
   rng: jax.Array
-  clients: split.SideState
+  clients: split_state.SideState
 
 
 def build(config, federation: data.Federation) -> Algorithm:
@@ -46,7 +46,7 @@ def build(config, federation: data.Federation) -> Algorithm:
                                        input_shape)
     params_M = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), params)
     return LocalState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
-                      clients=split.SideState(params_M, jax.vmap(tx.init)(params_M)))
+                      clients=split_state.SideState(params_M, jax.vmap(tx.init)(params_M)))
 
   def client_step(params, opt_state, x, y, k):
     loss_fn = lambda p: local_training.client_loss(model.apply(p, x), y, k)
@@ -66,7 +66,7 @@ def build(config, federation: data.Federation) -> Algorithm:
                "client/param_norm": jax.vmap(optax.tree.norm)(params),
                "finite/server": jnp.ones((), bool), "finite/clients": finite}
     return state.replace(step=state.step + 1,
-                         clients=split.SideState(params, opt_state)), metrics
+                         clients=split_state.SideState(params, opt_state)), metrics
 
   abstract = jax.eval_shape(init_state)
   return Algorithm(

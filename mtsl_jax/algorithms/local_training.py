@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import data, models, split
+from mtsl_jax import data, models, task_losses
 
 PyTree = Any
 
@@ -72,13 +72,6 @@ def draw_batches(train_data: data.ClientArrays, key: jax.Array, num_steps: int,
   return jnp.swapaxes(xs, 0, 1), jnp.swapaxes(ys, 0, 1)
 
 
-def per_example_losses(logits_BxC: jax.Array, labels_B: jax.Array,
-                       num_classes: jax.Array) -> jax.Array:
-  """Masked cross-entropy of each example, [B] (see `split.masked_cross_entropy`)."""
-  return jax.vmap(split.masked_cross_entropy, (0, 0, None))(
-      logits_BxC[:, None], labels_B[:, None], num_classes)
-
-
 def client_loss(logits_BxC: jax.Array, labels_B: jax.Array, num_classes: jax.Array,
                 example_weights_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """(loss, accuracy) of one client's minibatch.
@@ -94,10 +87,11 @@ def client_loss(logits_BxC: jax.Array, labels_B: jax.Array, num_classes: jax.Arr
     (scalar loss, scalar accuracy).
   """
   if example_weights_B is None:
-    loss = split.masked_cross_entropy(logits_BxC, labels_B, num_classes)
+    loss = task_losses.masked_cross_entropy(logits_BxC, labels_B, num_classes)
   else:
-    loss = jnp.mean(example_weights_B * per_example_losses(logits_BxC, labels_B, num_classes))
-  acc = jnp.mean(split.masked_predictions(logits_BxC, num_classes) == labels_B)
+    per_example = task_losses.cross_entropy(logits_BxC, labels_B, num_classes)
+    loss = jnp.mean(example_weights_B * per_example)
+  acc = jnp.mean(task_losses.masked_predictions(logits_BxC, num_classes) == labels_B)
   return loss, acc
 
 

@@ -37,7 +37,7 @@ def build(config, federation: data.Federation) -> Algorithm:
   and the client side of the state a tuple over groups; the step is the same.
 
   Returns:
-    An Algorithm whose state is a `split.SplitState`.
+    An Algorithm whose state is a `split_state.SplitState`.
   """
   num_classes_M = np.asarray(federation.num_classes, np.int32)
   num_clients = len(num_classes_M)

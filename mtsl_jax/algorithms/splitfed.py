@@ -15,7 +15,8 @@ renormalized over the sampled clients). One loop step is one round of
   steps); its optimizer state persists across rounds. Client-side parts are still
   averaged each round.
 
-A split step is MTSL's (`split.fused_gradients` / `protocol_gradients` on one client):
+A split step is MTSL's (`split_gradients.fused_gradients` / `protocol_gradients` on one
+client):
 split step j of the run draws its minibatches from `fold_in(rng, j)` exactly as MTSL's
 step j, so with one client, K = 1 and SGD, v1 and v2 are MTSL (vanilla split learning).
 
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import data, ledger, optimizers, split
+from mtsl_jax import data, ledger, optimizers, split_gradients, split_model, split_state
 from mtsl_jax.algorithms import federated
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
@@ -55,7 +56,7 @@ class SplitFedState:
   step: jax.Array
   rng: jax.Array
   sample_rng: jax.Array
-  server: split.SideState
+  server: split_state.SideState
   client_params: PyTree
 
 
@@ -87,7 +88,7 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
   name = f"splitfed_v{version}"
   num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
                                                                         federation)
-  model = split.make_split_model(config.model, config.split, int(num_classes_M.max()))
+  model = split_model.make_split_model(config.model, config.split, int(num_classes_M.max()))
   local_steps = config.fl.local_steps
   sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
   client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
@@ -96,20 +97,20 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
   server_tx = optimizers.make_optimizer(
       config.server_optimizer,
       local_steps if version == 1 else config.num_steps * local_steps * sampled)
-  gradients = (split.fused_gradients if config.split.implementation == "fused"
-               else split.protocol_gradients)
+  gradients = (split_gradients.fused_gradients if config.split.implementation == "fused"
+               else split_gradients.protocol_gradients)
 
   def init_state():
     root = jax.random.PRNGKey(config.seed)
     # As MTSL's initialization (split.init_state); the global client-side model is what
     # MTSL would give client 0.
-    server_params, client_params = split.init_params(model, jax.random.fold_in(root, 0),
-                                                     input_shape, 1)
+    server_params, client_params = split_model.init_params(model, jax.random.fold_in(root, 0),
+                                                           input_shape, 1)
     client_params = jax.tree.map(lambda p: p[0], client_params)
     opt_state = server_tx.init(server_params) if version == 2 else ()
     return SplitFedState(step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(root, 1),
                          sample_rng=jax.random.fold_in(root, 2),
-                         server=split.SideState(server_params, opt_state),
+                         server=split_state.SideState(server_params, opt_state),
                          client_params=client_params)
 
   def split_step(sp, cp, s_opt, c_opt, x, y, k):
@@ -138,7 +139,7 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
     sp_M, cp_M, _, losses, accs = jax.vmap(client_round, (None, None, None, 0, 0, 0))(
         sp, state.client_params, s_opt, x, y, classes)
     server_params = federated.weighted_mean(sp_M, weights_M, mask)
-    return split.SideState(server_params, ()), cp_M, losses, accs
+    return split_state.SideState(server_params, ()), cp_M, losses, accs
 
   def round_v2(state, x, y, mask, order):
     def one_client(carry, m):
@@ -153,7 +154,7 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
                                      order)
     # Outputs come in turn order; put them back in client order.
     cp_M, losses, accs = jax.tree.map(lambda a: a[jnp.argsort(order)], outs)
-    return split.SideState(sp, s_opt), cp_M, losses, accs
+    return split_state.SideState(sp, s_opt), cp_M, losses, accs
 
   def step(state, train_data):
     first = state.step * local_steps
@@ -192,7 +193,7 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
       num_classes_M=num_classes_M)
 
 
-def _traffic(model: split.SplitModel, abstract: SplitFedState, num_classes_M, batch_size: int,
+def _traffic(model: split_model.SplitModel, abstract: SplitFedState, num_classes_M, batch_size: int,
              input_shape, local_steps: int, participation: float) -> ledger.StepTraffic:
   """Per round: K split steps' protocol messages plus the client-side model down and up."""
   num_clients = len(num_classes_M)
@@ -200,7 +201,7 @@ def _traffic(model: split.SplitModel, abstract: SplitFedState, num_classes_M, ba
   y = jax.ShapeDtypeStruct((num_clients, batch_size), jnp.int32)
 
   def messages(sp, cp, x, y):
-    return split.protocol_gradients(model, sp, _broadcast(cp, num_clients), x, y,
+    return split_gradients.protocol_gradients(model, sp, _broadcast(cp, num_clients), x, y,
                                     jnp.asarray(num_classes_M),
                                     jnp.full((num_clients,), 1.0 / num_clients))[4]
 
