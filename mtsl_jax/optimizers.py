@@ -7,6 +7,8 @@ learning rates interact is the central question MTSL's theory asks.
 
 import functools
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -100,3 +102,28 @@ def _make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   if config.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), core)
   return core
+
+
+def with_learning_rate(opt_state, learning_rate: float):
+  """`opt_state` of a `learning_rate_in_state` optimizer with its peak rate replaced.
+
+  Runs that differ only in their rates then start from one initialization: the rate is
+  the only value that differs between their initial optimizer states.
+
+  Args:
+    opt_state: an optimizer state (of one side; per-client states stacked).
+    learning_rate: the new peak rate.
+
+  Returns:
+    The state with every injected 'learning_rate' set to `learning_rate` (same shapes).
+  """
+  injected = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+  def replace(node):
+    if not isinstance(node, injected):
+      return node
+    old = node.hyperparams["learning_rate"]
+    return node._replace(hyperparams={**node.hyperparams,
+                                      "learning_rate": jnp.full_like(old, learning_rate)})
+
+  return jax.tree.map(replace, opt_state, is_leaf=lambda n: isinstance(n, injected))

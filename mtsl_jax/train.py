@@ -116,11 +116,14 @@ def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
   os.replace(tmp, workdir / "config.json")
 
 
-def prepare_run(config: ml_collections.ConfigDict):
+def prepare_run(config: ml_collections.ConfigDict, federations: dict | None = None):
   """Builds and checks the data and the algorithm of a validated config.
 
   Args:
     config: a validated config.
+    federations: federations already built, by data section and seed; the run's is
+      reused from here when present and added when not (replicas of a learning-rate
+      grid share one).
 
   Returns:
     (federation, algorithm).
@@ -128,7 +131,11 @@ def prepare_run(config: ml_collections.ConfigDict):
   Raises:
     data.DataError, validation.ConfigError: bad data, or data that do not fit the config.
   """
-  federation = data.build_federation(config.data, config.seed)
+  key = (config.data.to_json(sort_keys=True), config.seed)
+  cache = {} if federations is None else federations
+  if key not in cache:
+    cache[key] = data.build_federation(config.data, config.seed)
+  federation = cache[key]
   data.check_federation(federation, config)
   validation.validate_label_spaces(config, federation.num_classes)
   return federation, algorithms.build_algorithm(config, federation)
@@ -276,7 +283,8 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
   for config in configs:
     validation.validate_config(config)
   with signals.stop_requests() as stop:
-    feds, algs = (list(t) for t in zip(*[prepare_run(c) for c in configs]))
+    built = {}
+    feds, algs = (list(t) for t in zip(*[prepare_run(c, built) for c in configs]))
     group, reason = _group_data(configs, feds, algs, allow_single)
     if group is not None:
       group_dir = workdirs.check_workdir(
@@ -400,12 +408,8 @@ def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
       state = checkpointer.restore(target_shapes)
       window = checkpointer.restore_window(empty_window)
     elif plan.replicated:
-      # Eagerly, op by op: op compilations are cached by shape, so the replicas after the
-      # first (and later groups of the same model in this process) initialize in a
-      # fraction of a second, where a jit per replica compiles each one's closure anew.
-      state = loop.Replicas(
-          states=replicas.stack_on_host([alg.init_state() for alg in plan.algorithms]),
-          frozen=jnp.zeros((num,), bool))
+      state = loop.Replicas(states=replicas.initial_states(plan.configs, plan.algorithms),
+                            frozen=jnp.zeros((num,), bool))
       window = empty_window
     else:
       state = jax.jit(alg0.init_state, out_shardings=shardings)()

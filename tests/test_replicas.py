@@ -87,6 +87,22 @@ def test_grid_points_share_one_copy_of_the_data_and_seeds_do_not():
   assert not stacked.shared and stacked.train.x.shape[0] == 2
 
 
+def test_grid_points_start_from_one_initialization_with_their_own_rates():
+  configs = lr_grid.grid_configs(_tiny(), [0.05, 0.2, 0.2], [0.1, 0.3, 0.1], 3, 2)
+  configs[2].seed = 1  # another initialization
+  algs = [algorithms.build_algorithm(c, data.build_federation(c.data, c.seed))
+          for c in configs]
+  stacked = replicas.initial_states(configs, algs)
+  for r, alg in enumerate(algs):
+    want = jax.jit(alg.init_state)()
+    got = replicas.unstack(stacked, r)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+  rates = stacked.clients.opt_state.hyperparams["learning_rate"]
+  np.testing.assert_allclose(rates[:, 0], [0.1, 0.3, 0.1])
+
+
 def test_a_chunked_grid_equals_the_whole_grid(grid, tmp_path):
   losses, accs = lr_grid.run_grid(grid["config"], SERVER_LRS, CLIENT_LRS, tmp_path,
                                   eval_every=3, num_evals=2, chunk_size=1)
@@ -148,7 +164,8 @@ def test_the_replicated_runner_traces_once_and_a_second_trace_fails():
   train_data, _ = data.to_device(fed)
   run = loop.make_multi_step(jax.vmap(algs[0].step, in_axes=(0, None)), replicated=True,
                              max_traces=1)
-  group = loop.Replicas(states=replicas.stack_on_host([a.init_state() for a in algs]),
+  states = jax.jit(lambda: [a.init_state() for a in algs])()
+  group = loop.Replicas(states=jax.tree.map(lambda *xs: jnp.stack(xs), *states),
                         frozen=jnp.zeros((2,), bool))
   for n in (3, 1, 4):
     group, summary = run(group, train_data, n)
