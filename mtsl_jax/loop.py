@@ -27,14 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax import split
+from mtsl_jax import errors, split
 
 PyTree = Any
 FLAG_PREFIX = "finite/"
 
 
-class NonFiniteError(FloatingPointError):
-  """Training produced a non-finite value; the message names the step and what diverged."""
+NonFiniteError = errors.NonFiniteError  # defined in `errors.py`; public here too
 
 
 def _is_flag(key: str) -> bool:

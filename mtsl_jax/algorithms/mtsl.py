@@ -4,25 +4,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax import client_groups, data, ledger, optimizers, split
+from mtsl_jax import client_groups, data, ledger, models, optimizers, split
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_weights  # noqa: F401 (re-exported)
-
-
-def count_params(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def _client_param_counts(client_params, num_clients: int) -> dict[str, int]:
   """Parameters of one client's bottom and top; per group when the widths differ."""
   if not isinstance(client_params, tuple):
-    return {"client_bottom (each)": count_params(client_params["bottom"]) // num_clients,
-            "client_top (each)": count_params(client_params["top"]) // num_clients}
+    return {"client_bottom (each)": models.count_params(client_params["bottom"]) // num_clients,
+            "client_top (each)": models.count_params(client_params["top"]) // num_clients}
   counts = {}
   for g, group in enumerate(client_params):
     size = jax.tree.leaves(group)[0].shape[0]
-    counts[f"client_bottom (each, group {g})"] = count_params(group["bottom"]) // size
-    counts[f"client_top (each, group {g})"] = count_params(group["top"]) // size
+    counts[f"client_bottom (each, group {g})"] = models.count_params(group["bottom"]) // size
+    counts[f"client_top (each, group {g})"] = models.count_params(group["top"]) // size
   return counts
 
 
@@ -61,7 +57,7 @@ def build(config, federation: data.Federation) -> Algorithm:
   y_shape = jax.ShapeDtypeStruct((num_clients, config.batch_size), jnp.int32)
   traffic = ledger.split_step_traffic(ctx, abstract, x_shape, y_shape)
 
-  param_counts = {"server": count_params(abstract.server.params),
+  param_counts = {"server": models.count_params(abstract.server.params),
                   **_client_param_counts(abstract.clients.params, num_clients)}
   return Algorithm(
       name="mtsl", init_state=init_state,
