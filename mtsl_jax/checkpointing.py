@@ -24,25 +24,16 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from mtsl_jax import errors
 from mtsl_jax import fingerprint as fingerprints
 
 PyTree = Any
 
-
-class CheckpointError(RuntimeError):
-  """A checkpoint in the workdir cannot be used; the message says how to start fresh."""
-
-
-class CheckpointMismatchError(CheckpointError):
-  """The checkpoint in a workdir was written by a different experiment config."""
-
-
-class CheckpointCorruptError(CheckpointError):
-  """The latest checkpoint exists but cannot be read (truncated or damaged files)."""
-
-
-class CheckpointWriteError(CheckpointError):
-  """A checkpoint could not be written (full disk, permissions, a path that is a file)."""
+# The errors are defined in `errors.py`; these names are this module's public API.
+CheckpointError = errors.CheckpointError
+CheckpointMismatchError = errors.CheckpointMismatchError
+CheckpointCorruptError = errors.CheckpointCorruptError
+CheckpointWriteError = errors.CheckpointWriteError
 
 
 def _remove_unfinished_saves(directory: pathlib.Path) -> None:

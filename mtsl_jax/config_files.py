@@ -37,29 +37,12 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from mtsl_jax import validation
+from mtsl_jax import errors, validation
 
 
-class ConfigFileError(validation.ConfigError):
-  """A config or sweep file cannot be used; the message names the file.
-
-  A `validation.ConfigError`, so every caller that reports config mistakes (e.g.
-  `exit_codes.run_reporting_errors`) reports these too; the message starts with the path
-  instead of `config.`.
-
-  Attributes:
-    path: the file.
-    field: the config field at fault, if one is (else None).
-  """
-
-  def __init__(self, path: str, message: str, field: str | None = None):
-    ValueError.__init__(self, f"{path}: {message}")  # not ConfigError's `config.<field>: `
-    self.path = path
-    self.field = field
-
-
-class CommandLineError(ValueError):
-  """A command-line flag that is not a config field has a bad value or does not exist."""
+# Defined in `errors.py`; public here too. A ConfigFileError is a ConfigError.
+ConfigFileError = errors.ConfigFileError
+CommandLineError = errors.CommandLineError
 
 
 def _one_line(text: str) -> str:

@@ -27,13 +27,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from mtsl_jax import errors
 
-class DistributedSetupError(ValueError):
-  """Launcher flags for a multi-process run are inconsistent; the message names the flag."""
-
-  def __init__(self, flag: str, message: str):
-    super().__init__(f"--{flag}: {message}")
-    self.flag = flag
+DistributedSetupError = errors.DistributedSetupError  # defined in `errors.py`; public here too
 
 
 @dataclasses.dataclass(frozen=True)

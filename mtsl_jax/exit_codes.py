@@ -16,11 +16,10 @@ import os
 import sys
 from typing import Callable
 
-from mtsl_jax import checkpointing, data, loop, metric_writers, signals, validation
-from mtsl_jax import workdir
+from mtsl_jax import errors, signals
 
-EXPECTED_ERRORS = (validation.ConfigError, data.DataError, checkpointing.CheckpointError,
-                   workdir.WorkdirError, metric_writers.MetricsFileError)
+EXPECTED_ERRORS = (errors.ConfigError, errors.DataError, errors.CheckpointError,
+                   errors.WorkdirError, errors.MetricsFileError)
 
 
 def run_reporting_errors(fn: Callable[[], object]) -> int:
@@ -37,7 +36,7 @@ def run_reporting_errors(fn: Callable[[], object]) -> int:
   except EXPECTED_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except loop.NonFiniteError as e:
+  except errors.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     return 3
   except signals.TrainingInterrupted as e:

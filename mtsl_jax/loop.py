@@ -33,14 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax import split_state
+from mtsl_jax import errors, split_state
 
 PyTree = Any
 FLAG_PREFIX = "finite/"
 
 
-class NonFiniteError(FloatingPointError):
-  """Training produced a non-finite value; the message names the step and what diverged."""
+NonFiniteError = errors.NonFiniteError  # defined in `errors.py`; public here too
 
 
 def _is_flag(key: str) -> bool:

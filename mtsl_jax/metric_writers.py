@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from mtsl_jax import errors
+
 
 def _jsonable(value: Any) -> Any:
   value = np.asarray(value)
@@ -104,8 +106,7 @@ class DiscardingWriter:
     pass
 
 
-class MetricsFileError(ValueError):
-  """A run's metrics.jsonl is damaged in a way that cannot be repaired safely."""
+MetricsFileError = errors.MetricsFileError  # defined in `errors.py`; public here too
 
 
 def _parse_record(line: bytes) -> dict | None:

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 MODEL_NAMES = ("mlp", "cnn", "resnet")
 CONV_IMPLS = ("auto", "xla", "patches")
@@ -210,3 +211,15 @@ def num_blocks(config: ml_collections.ConfigDict) -> int:
   if config.name == "resnet":
     return len(config.resnet_widths) + 2
   raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {config.name!r}")
+
+
+def count_params(tree) -> int:
+  """Number of parameters in a parameter tree (arrays or their abstract shapes).
+
+  Args:
+    tree: a pytree whose leaves have a `.shape`.
+
+  Returns:
+    The total number of entries over the leaves.
+  """
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))

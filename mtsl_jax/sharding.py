@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mtsl_jax import validation
+from mtsl_jax import errors
 
 CLIENT_AXIS = "clients"
 PyTree = Any
@@ -38,7 +38,7 @@ def client_mesh(client_devices: int, num_clients: int) -> Mesh | None:
     A 1-D Mesh over the first devices, or None.
 
   Raises:
-    validation.ConfigError: too few devices, M not divisible by their number, or a
+    errors.ConfigError: too few devices, M not divisible by their number, or a
       multi-process run not using all devices.
   """
   available = jax.device_count()  # all processes' devices in a multi-process run
@@ -46,17 +46,17 @@ def client_mesh(client_devices: int, num_clients: int) -> Mesh | None:
   if jax.process_count() > 1 and count != available:
     # Every process must hold some clients: a process outside the mesh would have
     # nothing to run, and one-device runs on every process would duplicate each other.
-    raise validation.ConfigError("parallel.client_devices", f"a multi-process run shards over "
-                                 f"all {available} devices of its {jax.process_count()} "
-                                 f"processes: use 0 or {available}, not {client_devices}")
+    raise errors.ConfigError("parallel.client_devices", f"a multi-process run shards over "
+                             f"all {available} devices of its {jax.process_count()} "
+                             f"processes: use 0 or {available}, not {client_devices}")
   if count == 1:
     return None
   if count > available:
-    raise validation.ConfigError("parallel.client_devices", f"{count} devices asked for, "
-                                 f"{available} present ({jax.devices()[0].platform})")
+    raise errors.ConfigError("parallel.client_devices", f"{count} devices asked for, "
+                             f"{available} present ({jax.devices()[0].platform})")
   if num_clients % count:
-    raise validation.ConfigError("parallel.client_devices", f"data.num_clients ({num_clients}) "
-                                 f"must be divisible by the number of devices ({count})")
+    raise errors.ConfigError("parallel.client_devices", f"data.num_clients ({num_clients}) "
+                             f"must be divisible by the number of devices ({count})")
   return Mesh(np.asarray(jax.devices()[:count]), (CLIENT_AXIS,))
 
 

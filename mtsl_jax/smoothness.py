@@ -228,17 +228,16 @@ def config_smoothness(config, federation, state: split_state.SplitState, batch_s
     'client_lrs' [M] (learning rate times multiplier) and 'sharpness' (Λ of those rates).
   """
   validation.require_one_client_architecture(config, "the smoothness estimate")
-  num_classes = jnp.asarray(federation.num_classes, jnp.int32)
-  model = split_model.make_split_model(config.model, config.split, int(num_classes.max()))
-  weights = jnp.asarray(mtsl.task_weights(config.split.task_weights, federation.train_counts))
+  # The model, task weights and learning-rate multipliers training uses.
+  ctx = mtsl.make_step_context(config, federation)
+  weights = ctx.weights_M
   train, _ = data.to_device(federation)
   key_batch, key_consts, key_sharp = jax.random.split(jax.random.PRNGKey(seed), 3)
   x, y = data.sample_batches(train, key_batch, batch_size)
-  batch = (x, y, num_classes)
-  multipliers = config.split.client_lr_multipliers or (1.0,) * federation.num_clients
+  batch = (x, y, ctx.num_classes_M)
   server_lr = float(config.server_optimizer.learning_rate)
-  client_lrs = config.client_optimizer.learning_rate * jnp.asarray(multipliers, jnp.float32)
-  task_loss = split_task_loss(model)
+  client_lrs = config.client_optimizer.learning_rate * ctx.lr_multipliers_M
+  task_loss = split_task_loss(ctx.split)
   sp, cp = state.server.params, state.clients.params
 
   @jax.jit

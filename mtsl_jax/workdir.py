@@ -21,9 +21,9 @@ import socket
 import time
 from typing import Iterator
 
+from mtsl_jax import errors
 
-class WorkdirError(OSError):
-  """A workdir cannot be used; the message names it and says what to do."""
+WorkdirError = errors.WorkdirError  # defined in `errors.py`; public here too
 
 
 def check_workdir(path: str | pathlib.Path) -> pathlib.Path:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtsl_jax import config_base, models, validation
+from mtsl_jax import config_base, memory, models, validation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -233,18 +233,18 @@ def test_block_param_counts_match_the_models(name, shape, classes, tweaks):
     params = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
     real.append(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
     x = jax.eval_shape(block.apply, params, x)
-  assert validation.block_param_counts(model_config, shape, classes) == real
+  assert memory.block_param_counts(model_config, shape, classes) == real
 
 
 def test_memory_estimate_counts_copies_and_optimizer_slots():
   config = _with({"algorithm": "local", "data.num_clients": 7})
-  sgd = validation.memory_estimate(config)
-  total = sum(validation.block_param_counts(config.model, (60,), 10))
+  sgd = memory.memory_estimate(config)
+  total = sum(memory.block_param_counts(config.model, (60,), 10))
   assert sgd.client_state == 7 * total * 4 and sgd.client_params == total
   config.client_optimizer.name = "adam"
-  assert validation.memory_estimate(config).client_state == 3 * sgd.client_state
-  mtsl = validation.memory_estimate(_with({"data.num_clients": 7}))  # u-shaped: first + head
-  counts = validation.block_param_counts(config.model, (60,), 10)
+  assert memory.memory_estimate(config).client_state == 3 * sgd.client_state
+  mtsl = memory.memory_estimate(_with({"data.num_clients": 7}))  # u-shaped: first + head
+  counts = memory.block_param_counts(config.model, (60,), 10)
   assert mtsl.client_state == 7 * (counts[0] + counts[-1]) * 4
   assert mtsl.server_state == counts[1] * 4
 
@@ -263,7 +263,7 @@ MEMORY_HOGS = [
 @pytest.mark.parametrize("overrides,field", MEMORY_HOGS, ids=[f for _, f in MEMORY_HOGS])
 def test_a_run_that_cannot_fit_in_memory_is_refused_naming_its_driver(
     monkeypatch, overrides, field):
-  monkeypatch.setattr(validation, "physical_memory_bytes", lambda: 64 * 2**20)  # 64 MiB
+  monkeypatch.setattr(memory, "physical_memory_bytes", lambda: 64 * 2**20)  # 64 MiB
   validation.validate_config(config_base.base_config())  # the default needs ~2 MiB
   with pytest.raises(validation.ConfigError) as info:
     validation.validate_config(_with(overrides))
@@ -273,7 +273,7 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_naming_its_driver(
 
 
 def test_sharded_runs_are_not_held_to_one_machine(monkeypatch):
-  monkeypatch.setattr(validation, "physical_memory_bytes", lambda: 64 * 2**20)
+  monkeypatch.setattr(memory, "physical_memory_bytes", lambda: 64 * 2**20)
   config = _with({"algorithm": "local", "data.num_clients": 5000})
   config.parallel.client_devices = 0  # the state is split over devices (and hosts)
   validation.validate_config(config)

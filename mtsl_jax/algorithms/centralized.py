@@ -14,12 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import data, ledger, optimizers, split_state
+from mtsl_jax import data, ledger, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.fedavg import GlobalModelState
 from mtsl_jax.algorithms.base import task_setup
-from mtsl_jax.algorithms.mtsl import count_params
 
 
 def build(config, federation: data.Federation) -> Algorithm:
@@ -70,5 +69,5 @@ def build(config, federation: data.Federation) -> Algorithm:
       name="centralized", init_state=init_state, step=step,
       logits=lambda state, x: local_training.apply_to_all(model, state.server.params, x),
       traffic=ledger.no_traffic(num_clients),
-      param_counts={"model": count_params(abstract.server.params)},
+      param_counts={"model": models.count_params(abstract.server.params)},
       num_classes_M=num_classes_M)

@@ -11,11 +11,10 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from mtsl_jax import data, ledger, optimizers, split_state
+from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
-from mtsl_jax.algorithms.mtsl import count_params
 
 
 @flax.struct.dataclass
@@ -46,7 +45,7 @@ def build(config, federation: data.Federation) -> Algorithm:
                                                                         federation)
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
   local_steps = config.fl.local_steps
-  sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
+  sampled = methods.num_sampled(config.fl.client_fraction, num_clients)
   # The client optimizer restarts every round, so its schedule spans one round's steps.
   client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
@@ -82,5 +81,5 @@ def build(config, federation: data.Federation) -> Algorithm:
   return Algorithm(
       name="fedavg", init_state=init_state, step=step,
       logits=lambda state, x: local_training.apply_to_all(model, state.server.params, x),
-      traffic=traffic, param_counts={"global model": count_params(abstract.server.params)},
+      traffic=traffic, param_counts={"global model": models.count_params(abstract.server.params)},
       num_classes_M=num_classes_M)

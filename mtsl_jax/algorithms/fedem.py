@@ -24,11 +24,11 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from mtsl_jax import data, ledger, optimizers, split_state, task_losses
+from mtsl_jax import data, ledger, methods, models, optimizers, split_state
+from mtsl_jax import task_losses
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
-from mtsl_jax.algorithms.mtsl import count_params
 
 
 @flax.struct.dataclass
@@ -55,7 +55,7 @@ def build(config, federation: data.Federation) -> Algorithm:
                                                                         federation)
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
   num_components, local_steps = config.fl.num_components, config.fl.local_steps
-  sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
+  sampled = methods.num_sampled(config.fl.client_fraction, num_clients)
   client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
 
@@ -123,6 +123,6 @@ def build(config, federation: data.Federation) -> Algorithm:
        "up/component_deltas": abstract.server.params}, num_clients, sampled / num_clients)
   return Algorithm(
       name="fedem", init_state=init_state, step=step, logits=logits, traffic=traffic,
-      param_counts={"components (all)": count_params(abstract.server.params),
+      param_counts={"components (all)": models.count_params(abstract.server.params),
                     "mixture weights (each)": num_components},
       num_classes_M=num_classes_M)

@@ -17,18 +17,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from mtsl_jax import split_state
-from mtsl_jax.algorithms import base
 
 PyTree = Any
-
-
-def num_sampled(client_fraction: float, num_clients: int) -> int:
-  """S, the fixed number of clients sampled per round."""
-  return max(1, int(round(client_fraction * num_clients)))
 
 
 def sample_clients(key: jax.Array, num_clients: int, sampled: int) -> jax.Array:

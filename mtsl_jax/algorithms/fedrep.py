@@ -13,11 +13,10 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from mtsl_jax import data, ledger, models, optimizers, split_state
+from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
-from mtsl_jax.algorithms.mtsl import count_params
 
 
 @flax.struct.dataclass
@@ -46,7 +45,7 @@ def build(config, federation: data.Federation) -> Algorithm:
   body = models.BlockStack(tuple(blocks[:len(blocks) - n_head]))
   head = models.BlockStack(tuple(blocks[len(blocks) - n_head:]))
   local_steps, head_steps = config.fl.local_steps, config.fl.fedrep_head_steps
-  sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
+  sampled = methods.num_sampled(config.fl.client_fraction, num_clients)
   body_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   head_tx = optimizers.make_optimizer(config.client_optimizer, max(head_steps, 1))
   server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
@@ -114,6 +113,6 @@ def build(config, federation: data.Federation) -> Algorithm:
       num_clients, sampled / num_clients)
   return Algorithm(
       name="fedrep", init_state=init_state, step=step, logits=logits, traffic=traffic,
-      param_counts={"body (shared)": count_params(abstract.server.params),
-                    "head (each)": count_params(abstract.heads) // num_clients},
+      param_counts={"body (shared)": models.count_params(abstract.server.params),
+                    "head (each)": models.count_params(abstract.heads) // num_clients},
       num_classes_M=num_classes_M)

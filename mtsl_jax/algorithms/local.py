@@ -11,11 +11,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import data, ledger, optimizers, split_state
+from mtsl_jax import data, ledger, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
-from mtsl_jax.algorithms.mtsl import count_params
 
 
 @flax.struct.dataclass
@@ -73,5 +72,5 @@ def build(config, federation: data.Federation) -> Algorithm:
       name="local", init_state=init_state, step=step,
       logits=lambda state, x: jax.vmap(model.apply)(state.clients.params, x),
       traffic=ledger.no_traffic(num_clients),
-      param_counts={"model (each)": count_params(abstract.clients.params) // num_clients},
+      param_counts={"model (each)": models.count_params(abstract.clients.params) // num_clients},
       num_classes_M=num_classes_M)

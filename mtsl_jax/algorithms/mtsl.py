@@ -4,26 +4,55 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax import client_groups, data, ledger, optimizers, split
+from mtsl_jax import client_groups, data, ledger, models, optimizers, split
 from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.base import task_setup
+# TEMPORARY re-export for seed_batch.py (being rewritten on main); base.task_weights is
+# where it lives.
 from mtsl_jax.algorithms.base import task_weights  # noqa: F401 (re-exported)
-
-
-def count_params(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def _client_param_counts(client_params, num_clients: int) -> dict[str, int]:
   """Parameters of one client's bottom and top; per group when the widths differ."""
   if not isinstance(client_params, tuple):
-    return {"client_bottom (each)": count_params(client_params["bottom"]) // num_clients,
-            "client_top (each)": count_params(client_params["top"]) // num_clients}
+    return {"client_bottom (each)": models.count_params(client_params["bottom"]) // num_clients,
+            "client_top (each)": models.count_params(client_params["top"]) // num_clients}
   counts = {}
   for g, group in enumerate(client_params):
     size = jax.tree.leaves(group)[0].shape[0]
-    counts[f"client_bottom (each, group {g})"] = count_params(group["bottom"]) // size
-    counts[f"client_top (each, group {g})"] = count_params(group["top"]) // size
+    counts[f"client_bottom (each, group {g})"] = models.count_params(group["bottom"]) // size
+    counts[f"client_top (each, group {g})"] = models.count_params(group["top"]) // size
   return counts
+
+
+def make_step_context(config, federation: data.Federation) -> split.StepContext:
+  """MTSL's static context for a config: split model, optimizers, task sizes and weights.
+
+  The one place a config becomes a `split.StepContext`: training (`build`) and the
+  smoothness estimate (`smoothness.config_smoothness`) measure the same model, weights
+  and learning rates.
+
+  Args:
+    config: a validated config (`split`, `model`, both optimizers, batch size).
+    federation: the clients' data; its label spaces size the head, its train counts give
+      the 'data_size' task weights.
+
+  Returns:
+    The StepContext. With `config.model.client_width_groups` its model is a
+    `client_groups.GroupedSplitModel`.
+  """
+  setup = task_setup(config, federation)
+  multipliers = config.split.client_lr_multipliers or (1.0,) * setup.num_clients
+  return split.StepContext(
+      split=client_groups.make_split_model(config.model, config.split,
+                                           int(setup.num_classes_M.max())),
+      server_tx=optimizers.make_optimizer(config.server_optimizer, config.num_steps),
+      client_tx=optimizers.make_optimizer(config.client_optimizer, config.num_steps),
+      num_classes_M=setup.classes,
+      weights_M=setup.weights_M,
+      lr_multipliers_M=jnp.asarray(multipliers, jnp.float32),
+      batch_size=config.batch_size,
+      implementation=config.split.implementation)
 
 
 def build(config, federation: data.Federation) -> Algorithm:
@@ -39,20 +68,9 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a `split_state.SplitState`.
   """
+  ctx = make_step_context(config, federation)
   num_classes_M = np.asarray(federation.num_classes, np.int32)
   num_clients = len(num_classes_M)
-  split_model = client_groups.make_split_model(config.model, config.split,
-                                               int(num_classes_M.max()))
-  multipliers = config.split.client_lr_multipliers or (1.0,) * num_clients
-  ctx = split.StepContext(
-      split=split_model,
-      server_tx=optimizers.make_optimizer(config.server_optimizer, config.num_steps),
-      client_tx=optimizers.make_optimizer(config.client_optimizer, config.num_steps),
-      num_classes_M=jnp.asarray(num_classes_M),
-      weights_M=jnp.asarray(task_weights(config.split.task_weights, federation.train_counts)),
-      lr_multipliers_M=jnp.asarray(multipliers, jnp.float32),
-      batch_size=config.batch_size,
-      implementation=config.split.implementation)
   input_shape = tuple(federation.input_shape)
   init_state = lambda: split.init_state(ctx, config.seed, input_shape)
 
@@ -61,10 +79,10 @@ def build(config, federation: data.Federation) -> Algorithm:
   y_shape = jax.ShapeDtypeStruct((num_clients, config.batch_size), jnp.int32)
   traffic = ledger.split_step_traffic(ctx, abstract, x_shape, y_shape)
 
-  param_counts = {"server": count_params(abstract.server.params),
+  param_counts = {"server": models.count_params(abstract.server.params),
                   **_client_param_counts(abstract.clients.params, num_clients)}
   return Algorithm(
       name="mtsl", init_state=init_state,
       step=split.make_train_step(ctx, data.sample_batches),
-      logits=lambda state, x: split_model.logits(state.server.params, state.clients.params, x),
+      logits=lambda state, x: ctx.split.logits(state.server.params, state.clients.params, x),
       traffic=traffic, param_counts=param_counts, num_classes_M=num_classes_M)

@@ -32,11 +32,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import data, ledger, optimizers, split_gradients, split_model, split_state
+from mtsl_jax import data, ledger, methods, models, optimizers, split_gradients
+from mtsl_jax import split_model, split_state
 from mtsl_jax.algorithms import federated
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
-from mtsl_jax.algorithms.mtsl import count_params
 
 PyTree = Any
 
@@ -90,7 +90,7 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
                                                                         federation)
   model = split_model.make_split_model(config.model, config.split, int(num_classes_M.max()))
   local_steps = config.fl.local_steps
-  sampled = federated.num_sampled(config.fl.client_fraction, num_clients)
+  sampled = methods.num_sampled(config.fl.client_fraction, num_clients)
   client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   # v1's server copies restart every round like the clients; v2's server model persists
   # and takes K steps per sampled client per round.
@@ -187,9 +187,9 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
                      local_steps, sampled / num_clients)
   return Algorithm(
       name=name, init_state=init_state, step=step, logits=logits, traffic=traffic,
-      param_counts={"server": count_params(abstract.server.params),
-                    "client_bottom (global)": count_params(abstract.client_params["bottom"]),
-                    "client_top (global)": count_params(abstract.client_params["top"])},
+      param_counts={"server": models.count_params(abstract.server.params),
+                    "client_bottom (global)": models.count_params(abstract.client_params["bottom"]),
+                    "client_top (global)": models.count_params(abstract.client_params["top"])},
       num_classes_M=num_classes_M)
 
 

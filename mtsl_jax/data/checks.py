@@ -18,7 +18,7 @@ train and 10000 test images) is checked in about 10 ms on 2 CPU cores.
 import numpy as np
 
 from mtsl_jax.data.federation import Federation
-from mtsl_jax.data.sources import DataError
+from mtsl_jax.errors import DataError
 
 # Models whose first block is a 2-D convolution: they need inputs [H, W, C] per example.
 _IMAGE_MODELS = ("cnn", "resnet")

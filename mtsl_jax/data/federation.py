@@ -20,7 +20,7 @@ import numpy as np
 from mtsl_jax.data import partition as part
 from mtsl_jax.data import sources
 from mtsl_jax.data import synthetic
-from mtsl_jax.data.sources import DataError
+from mtsl_jax.errors import DataError
 
 # derive_rng keys are (namespace, purpose, index); synthetic.py uses namespace 1.
 _NAMESPACE = 2

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from mtsl_jax.data.sources import DataError
+from mtsl_jax.errors import DataError
 
 # Dirichlet draws are retried this many times before giving up on min_examples.
 _DIRICHLET_MAX_TRIES = 100

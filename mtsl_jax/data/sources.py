@@ -16,6 +16,8 @@ import zipfile
 
 import numpy as np
 
+from mtsl_jax import errors
+
 # Datasets `load_tfds` knows how to read: name -> (image feature, label feature).
 # CIFAR-100 uses its fine labels ('label'), not 'coarse_label'.
 TFDS_FEATURES = {
@@ -24,10 +26,15 @@ TFDS_FEATURES = {
     "cifar10": ("image", "label"),
     "cifar100": ("image", "label"),
 }
+# Known before anything is loaded: one example's shape and the number of classes, for the
+# config checks on the CNN's depth and on mixtures, and for the memory bound
+# (`validation.py`, `memory.py`). An npz file's shapes are only known once it is read.
+TFDS_INPUT_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+                     "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
+TFDS_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
-class DataError(Exception):
-  """A dataset cannot be loaded or federated as configured; the message says how to fix it."""
+DataError = errors.DataError  # defined in `errors.py`; public here and as `data.DataError`
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # Arrays have no boolean ==.

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from mtsl_jax.data.partition import derive_rng
-from mtsl_jax.data.sources import DataError
+from mtsl_jax.errors import DataError
 
 # derive_rng keys are (namespace, purpose, client); the namespace keeps these streams
 # apart from federation.py's, which share the experiment seed.
