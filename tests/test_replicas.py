@@ -5,7 +5,12 @@ grid points, which share the data (one copy) and differ only in optimizer-state 
 """
 
 import copy
+import pathlib
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -202,3 +207,30 @@ def test_disable_jit_runs_the_same_steps_eagerly(tmp_path, monkeypatch):
   _close(result.eval_metrics["test/accuracy"], jitted.eval_metrics["test/accuracy"])
   _close((result.state.server.params, result.state.clients.params),
          (jitted.state.server.params, jitted.state.clients.params), rtol=1e-4)
+
+
+def test_a_signal_stops_a_grid_at_a_checkpoint_every_point_has_logged(tmp_path):
+  """SIGINT to `launch/lr_sweep.py`: the group finishes its chunk, checkpoints the step
+  every point's metrics.jsonl ends at, and exits 130 in one line."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  cmd = [sys.executable, "launch/lr_sweep.py", "--config", "configs/test.py",
+         "--config.num_steps=100000", "--server_lrs=0.05,0.2", "--client_lrs=0.1",
+         "--eval_every=5", f"--workdir={tmp_path / 'grid'}", f"--out_dir={tmp_path}"]
+  proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  points = [tmp_path / "grid" / lr_grid.point_name(s, 0.1) for s in (0.05, 0.2)]
+  deadline = time.time() + 300
+  while time.time() < deadline and not all(
+      (p / "metrics.jsonl").exists() and len((p / "metrics.jsonl").read_text().splitlines()) > 4
+      for p in points):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGINT, stderr
+  assert "Traceback" not in stderr
+  last = stderr.strip().splitlines()[-1]
+  assert "stopped by signal 2" in last and "rerun the same command to resume" in last
+  group = tmp_path / "grid" / "groups" / "points=0-1" / "checkpoints"
+  saved = max(int(p.name) for p in group.iterdir() if p.name.isdigit())
+  for point in points:
+    assert metric_writers.read_metrics(point)[-1]["step"] == saved
