@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from mtsl_jax import data, ledger, models, optimizers, split_state
-from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms import local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
 
@@ -51,7 +51,7 @@ def build(config, federation: data.Federation) -> Algorithm:
     loss_fn = lambda p: local_training.client_loss(model.apply(p, x), y, k)
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    finite = federated.all_finite(grads) & jnp.isfinite(loss)
+    finite = split_state.all_finite(grads) & jnp.isfinite(loss)
     return optax.apply_updates(params, updates), opt_state, loss, acc, finite
 
   def step(state, train_data):
