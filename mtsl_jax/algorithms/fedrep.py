@@ -12,6 +12,7 @@ is evaluated with the global body and client m's head. With 0 head blocks it is 
 import flax
 import jax
 import jax.numpy as jnp
+import optax
 
 from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
@@ -64,7 +65,7 @@ def build(config, federation: data.Federation) -> Algorithm:
     head_in = local_training.output_shape(body, body_params, input_shape)
     # Heads start equal (then stay personal); the key differs from the body's.
     head_params = local_training.init_model(head, jax.random.fold_in(key, 1), head_in)
-    heads = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), head_params)
+    heads = optax.tree.batch_shape(head_params, (num_clients,))
     return FedRepState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
                        server=split_state.SideState(body_params, server_tx.init(body_params)),
                        heads=heads)

@@ -43,7 +43,7 @@ def build(config, federation: data.Federation) -> Algorithm:
   def init_state():
     params = local_training.init_model(model, local_training.init_key(config.seed),
                                        input_shape)
-    params_M = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), params)
+    params_M = optax.tree.batch_shape(params, (num_clients,))
     return LocalState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
                       clients=split_state.SideState(params_M, jax.vmap(tx.init)(params_M)))
 

@@ -70,10 +70,6 @@ def _round_key(state: SplitFedState, stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(state.sample_rng, state.step), stream)
 
 
-def _broadcast(tree, num_clients: int):
-  return jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), tree)
-
-
 def build_v1(config, federation: data.Federation) -> Algorithm:
   """SplitFed v1: per-client server-side copies trained in parallel, then averaged."""
   return _build(config, federation, version=1)
@@ -125,8 +121,8 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
 
   def split_step(sp, cp, s_opt, c_opt, x, y, k):
     """One split step of one client: x [B, ...], y [B]; returns updated parts and metrics."""
-    g_s, g_c, loss, acc = gradients(model, sp, _broadcast(cp, 1), x[None], y[None], k[None],
-                                    jnp.ones((1,), jnp.float32))[:4]
+    g_s, g_c, loss, acc = gradients(model, sp, optax.tree.batch_shape(cp, (1,)), x[None],
+                                    y[None], k[None], jnp.ones((1,), jnp.float32))[:4]
     g_c = jax.tree.map(lambda g: g[0], g_c)
     u_s, s_opt = server_tx.update(g_s, s_opt, sp)
     u_c, c_opt = client_tx.update(g_c, c_opt, cp)
@@ -196,7 +192,9 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
       sample_key=lambda state: _round_key(state, _SAMPLE_STREAM))
 
   def logits(state, x):
-    return model.logits(state.server.params, _broadcast(state.client_params, x.shape[0]), x)
+    # The one global client-side model serves every task.
+    clients = optax.tree.batch_shape(state.client_params, (x.shape[0],))
+    return model.logits(state.server.params, clients, x)
 
   abstract = jax.eval_shape(init_state)
   traffic = _traffic(model, abstract, num_classes_M, config.batch_size, input_shape,
@@ -217,9 +215,9 @@ def _traffic(model: split_model.SplitModel, abstract: SplitFedState, num_classes
   y = jax.ShapeDtypeStruct((num_clients, batch_size), jnp.int32)
 
   def messages(sp, cp, x, y):
-    return split_gradients.protocol_gradients(model, sp, _broadcast(cp, num_clients), x, y,
-                                    jnp.asarray(num_classes_M),
-                                    jnp.full((num_clients,), 1.0 / num_clients))[4]
+    return split_gradients.protocol_gradients(
+        model, sp, optax.tree.batch_shape(cp, (num_clients,)), x, y,
+        jnp.asarray(num_classes_M), jnp.full((num_clients,), 1.0 / num_clients))[4]
 
   per_step = ledger.traffic_from_messages(
       jax.eval_shape(messages, abstract.server.params, abstract.client_params, x, y))
