@@ -195,13 +195,11 @@ def preconditioned_sharpness(task_loss: TaskLoss, server_params: PyTree,
   scale_s = jnp.sqrt(server_lr)
   scale_c = jnp.sqrt(jnp.asarray(client_lrs_M) / weights_M)
 
-  def scale_clients(tree):
-    return jax.tree.map(lambda a: a * scale_c.reshape((-1,) + (1,) * (a.ndim - 1)), tree)
-
   def f_scaled(u):
     u_s, u_c = u
     return objective(task_loss, optax.tree.add(server_params, optax.tree.scale(scale_s, u_s)),
-                     optax.tree.add(client_params, scale_clients(u_c)), batch, weights_M)
+                     optax.tree.add(client_params, split_state.scale_clients(u_c, scale_c)),
+                     batch, weights_M)
 
   zero = (optax.tree.zeros_like(server_params), optax.tree.zeros_like(client_params))
   lam, _ = power_iteration(lambda v: hvp(f_scaled, zero, v),

@@ -16,7 +16,6 @@ checkpoints live in `<sweep_dir>/seed_groups/<name>_seeds=<s0,s1,...>/`, so an i
 group resumes. Only the seeds without a result.json are grouped on a rerun.
 """
 
-import copy
 import csv
 import itertools
 import json
@@ -27,7 +26,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from mtsl_jax import loop, seed_batch, train, validation
+from mtsl_jax import config_files, loop, seed_batch, train, validation
 
 SUMMARY_FIELDS = ("test/accuracy_mean", "test/accuracy_weighted", "test/accuracy_worst",
                   "test/loss_mean")
@@ -56,30 +55,6 @@ def run_name(overrides: dict[str, Any]) -> str:
     text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
     parts.append(f"{field.split('.')[-1]}={text}")
   return "_".join(parts).replace("/", "-").replace(" ", "") or "base"
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `config` with dotted-path overrides set (types checked by ConfigDict).
-
-  Raises:
-    validation.ConfigError: a field that does not exist, or a value of the wrong type.
-  """
-  config = copy.deepcopy(config)
-  for field, value in overrides.items():
-    *path, leaf = field.split(".")
-    section = config
-    try:
-      for part in path:
-        section = section[part]
-      if leaf not in section:
-        raise KeyError(leaf)
-      section[leaf] = tuple(value) if isinstance(value, list) else value
-    except (KeyError, AttributeError) as e:
-      raise validation.ConfigError(field, "no such field to sweep over") from e
-    except TypeError as e:
-      raise validation.ConfigError(field, f"sweep value {value!r}: {e}") from e
-  return config
 
 
 def _row(overrides: dict, eval_metrics: dict, train_metrics: dict) -> dict:
@@ -113,7 +88,8 @@ def run_sweep(base_config: ml_collections.ConfigDict, sweep: dict[str, list],
   """
   sweep_dir = pathlib.Path(sweep_dir)
   combos = expand(sweep)
-  configs = [apply_overrides(base_config, o) for o in combos]
+  # A combination is set as a command-line override is: same checks, same messages.
+  configs = [config_files.apply_overrides(base_config, o) for o in combos]
   for config in configs:
     validation.validate_config(config)
   rows = [None] * len(combos)

@@ -36,7 +36,7 @@ def test_every_config_file_loads_and_validates(path):
 def test_every_sweep_file_loads_and_every_combination_validates(path):
   config, sweep = config_files.load_sweep_file(str(path))
   for overrides in sweeps.expand(sweep):
-    validation.validate_config(sweeps.apply_overrides(config, overrides))
+    validation.validate_config(config_files.apply_overrides(config, overrides))
 
 
 # (file contents, or None for no file; a fragment the message must hold after "<path>: ")

@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from mtsl_jax import data, ledger, models, optimizers, split_state
-from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms import fedavg, local_training
 from mtsl_jax.algorithms.base import Algorithm
-from mtsl_jax.algorithms.fedavg import GlobalModelState
 from mtsl_jax.algorithms.base import task_setup
 
 
@@ -36,12 +35,7 @@ def build(config, federation: data.Federation) -> Algorithm:
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
   tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
 
-  def init_state():
-    params = local_training.init_model(model, local_training.init_key(config.seed),
-                                       input_shape)
-    return GlobalModelState(step=jnp.zeros((), jnp.int32),
-                            rng=local_training.run_key(config.seed),
-                            server=split_state.SideState(params, tx.init(params)))
+  init_state = lambda: fedavg.init_global_state(model, config.seed, input_shape, tx)
 
   def objective(params, x, y):
     logits = local_training.apply_to_all(model, params, x)
@@ -56,7 +50,7 @@ def build(config, federation: data.Federation) -> Algorithm:
         state.server.params, x[:, 0], y[:, 0])
     updates, opt_state = tx.update(grads, state.server.opt_state, state.server.params)
     server = split_state.SideState(optax.apply_updates(state.server.params, updates), opt_state)
-    finite = federated.all_finite(grads) & jnp.isfinite(loss)
+    finite = split_state.all_finite(grads) & jnp.isfinite(loss)
     metrics = {"loss": loss, "task_loss": losses, "task_accuracy": accs,
                "server/grad_norm": optax.tree.norm(grads),
                "server/update_norm": optax.tree.norm(updates),

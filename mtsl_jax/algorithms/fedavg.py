@@ -10,6 +10,7 @@ learning rate 1 is plain FedAvg). Every task is evaluated with the global model.
 import flax
 import jax
 import jax.numpy as jnp
+import optax
 
 from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
@@ -31,6 +32,25 @@ class GlobalModelState:
   server: split_state.SideState
 
 
+def init_global_state(model: models.BlockStack, seed: int, input_shape: tuple[int, ...],
+                      tx: optax.GradientTransformation) -> GlobalModelState:
+  """Step 0 of a method with one global model (FedAvg, centralized).
+
+  Args:
+    model: the full model.
+    seed: the run's seed; the parameters are every full-model baseline's initial ones
+      (`local_training.init_key`).
+    input_shape: shape of one example.
+    tx: the optimizer that updates the global model.
+
+  Returns:
+    A GlobalModelState.
+  """
+  params = local_training.init_model(model, local_training.init_key(seed), input_shape)
+  return GlobalModelState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(seed),
+                          server=split_state.SideState(params, tx.init(params)))
+
+
 def build(config, federation: data.Federation) -> Algorithm:
   """FedAvg from a validated config and its federation.
 
@@ -50,29 +70,22 @@ def build(config, federation: data.Federation) -> Algorithm:
   client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   server_tx = optimizers.make_optimizer(config.server_optimizer, config.num_steps)
 
-  def init_state():
-    params = local_training.init_model(model, local_training.init_key(config.seed),
-                                       input_shape)
-    return GlobalModelState(step=jnp.zeros((), jnp.int32),
-                            rng=local_training.run_key(config.seed),
-                            server=split_state.SideState(params, server_tx.init(params)))
+  init_state = lambda: init_global_state(model, config.seed, input_shape, server_tx)
 
-  def step(state, train_data):
-    round_key = jax.random.fold_in(state.rng, state.step)
-    mask = federated.sample_clients(jax.random.fold_in(round_key, 1), num_clients, sampled)
-    x, y = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 0),
-                                       local_steps, config.batch_size)
+  def local_work(state, train_data, mask):
+    """Every client: K local steps from the global model on its own minibatches."""
+    del mask  # every client works; the unsampled ones' work is discarded
+    x, y = federated.draw_round_batches(state, train_data, local_steps, config.batch_size)
 
     def train_client(x_m, y_m, k_m):
       loss_fn = lambda p, b: local_training.client_loss(model.apply(p, b[0]), b[1], k_m)
       return local_training.local_sgd(loss_fn, state.server.params, client_tx, (x_m, y_m))
 
     params_M, losses, accs = jax.vmap(train_client)(x, y, classes)
-    server, health = federated.server_step(server_tx, state.server, params_M, weights_M, mask)
-    metrics = dict(health, **federated.round_metrics(losses, accs, weights_M, mask))
-    metrics["finite/clients"] = federated.client_finite(params_M, losses, mask)
-    metrics["finite/server"] = federated.all_finite(server.params)
-    return state.replace(step=state.step + 1, server=server), metrics
+    return federated.ClientWork(uploads=params_M, kept=(), losses=losses, accuracies=accs)
+
+  step = federated.make_round_step(num_clients, sampled, weights_M, local_work,
+                                   federated.fedopt_aggregate(server_tx, weights_M))
 
   abstract = jax.eval_shape(init_state)
   traffic = ledger.exchange_traffic(

@@ -95,21 +95,26 @@ def build(config, federation: data.Federation) -> Algorithm:
     new_components = jax.vmap(train_component)(components, resp_K)
     return new_components, new_pi, -log_mix.mean(), acc
 
-  def step(state, train_data):
-    round_key = jax.random.fold_in(state.rng, state.step)
-    mask = federated.sample_clients(jax.random.fold_in(round_key, 1), num_clients, sampled)
-    x, y = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 0),
-                                       local_steps, config.batch_size)
+  def local_work(state, train_data, mask):
+    """Every client's E-step and M-steps on its round's minibatches."""
+    del mask  # every client works; the unsampled ones' work is discarded
+    x, y = federated.draw_round_batches(state, train_data, local_steps, config.batch_size)
     comps_M, pi, losses, accs = jax.vmap(train_client, (None, 0, 0, 0, 0))(
         state.server.params, state.pi, x, y, classes)
-    server, health = federated.server_step(server_tx, state.server, comps_M, weights_M, mask)
-    pi = jnp.where(mask[:, None], pi, state.pi)  # unsampled clients keep their weights
-    metrics = dict(health, **federated.round_metrics(losses[:, None], accs[:, None],
-                                                     weights_M, mask))
-    metrics["pi_entropy"] = -jnp.sum(pi * jnp.log(jnp.maximum(pi, 1e-30)), axis=1).mean()
-    metrics["finite/clients"] = federated.client_finite((comps_M, pi), losses, mask)
-    metrics["finite/server"] = federated.all_finite(server.params)
-    return state.replace(step=state.step + 1, server=server, pi=pi), metrics
+    # One loss (the mixture's, before the update) per client per round.
+    return federated.ClientWork(uploads=comps_M, kept=pi, losses=losses[:, None],
+                                accuracies=accs[:, None])
+
+  fedopt = federated.fedopt_aggregate(server_tx, weights_M)
+
+  def aggregate(state, work, mask):
+    """The components averaged (FedOpt); unsampled clients keep their mixture weights."""
+    new_state, health = fedopt(state, work, mask)
+    pi = federated.keep_unsampled(work.kept, state.pi, mask)
+    entropy = -jnp.sum(pi * jnp.log(jnp.maximum(pi, 1e-30)), axis=1).mean()
+    return new_state.replace(pi=pi), dict(health, pi_entropy=entropy)
+
+  step = federated.make_round_step(num_clients, sampled, weights_M, local_work, aggregate)
 
   def logits(state, x):
     log_p = jax.vmap(lambda p: task_losses.class_log_probs(

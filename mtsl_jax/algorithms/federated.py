@@ -1,27 +1,137 @@
-"""The server side of a federated round: client sampling, weighted averaging, server step.
+"""One federated round, written once: FedAvg, FedRep, FedEM and SplitFed fill it in.
 
-Shared by FedAvg, FedRep, FedEM and SplitFed. A round samples S = max(1, round(fraction
-M)) clients uniformly without replacement (on the device). Every client's local work is
-vmapped over ALL M clients and the unsampled ones are masked out of the average (their
-work is discarded): this keeps shapes static and costs M instead of S clients' compute per
-round, which is what a simulation on one accelerator can afford for the client counts
-used here.
+A round (`make_round_step`) is always the same five things:
 
-Aggregation is the FedOpt form (Reddi et al. 2021): the weighted mean of the sampled
-clients' deltas θ_m - θ, weights w_m (config.split.task_weights) renormalized over the
-sampled clients, is negated and given to the server optimizer as a pseudo-gradient; server
-SGD with learning rate 1 is plain FedAvg.
+  1. sample S = max(1, round(fraction M)) clients uniformly without replacement, on the
+     device (`methods.num_sampled`, `sample_clients`);
+  2. every client's local work (`ClientWork`), vmapped over ALL M clients: unsampled
+     clients' work is discarded (masked out of every average), which keeps shapes static
+     and costs M instead of S clients' compute per round, what a simulation on one
+     accelerator can afford for the client counts used here;
+  3. aggregation of what the sampled clients upload into the server's model;
+  4. the round's metrics (`round_metrics`): per-task loss and accuracy over the local
+     steps, the objective on the minibatches used, the participation;
+  5. finiteness flags: each sampled client's work and the server's new model.
+
+A method supplies steps 2 and 3 (and where its randomness comes from); the rest is here.
+Aggregation is usually the FedOpt form (Reddi et al. 2021, `server_step`,
+`fedopt_aggregate`): the weighted mean of the sampled clients' deltas θ_m - θ, weights
+w_m (config.split.task_weights) renormalized over the sampled clients, is negated and
+given to the server optimizer as a pseudo-gradient; server SGD with learning rate 1 is
+plain FedAvg. SplitFed averages its client-side models instead (`weighted_mean`).
 """
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import split_state
+from mtsl_jax import data, split_state
+from mtsl_jax.algorithms import local_training
 
 PyTree = Any
+
+# FedAvg, FedRep and FedEM draw round t's randomness from `fold_in(rng, t)`, one stream
+# per use: the clients' minibatches from stream 0, the client sample from stream 1.
+BATCH_STREAM = 0
+SAMPLE_STREAM = 1
+
+
+def round_key(state, stream: int) -> jax.Array:
+  """Key of one random stream of the round `state` is at: `fold_in(fold_in(rng, t), stream)`.
+
+  Args:
+    state: a method's state, with `rng` (the run's base key) and `step` (rounds taken).
+    stream: which use of randomness (BATCH_STREAM, SAMPLE_STREAM, or a method's own).
+
+  Returns:
+    The key.
+  """
+  return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), stream)
+
+
+def round_sample_key(state) -> jax.Array:
+  """Key of the round's client sample (stream SAMPLE_STREAM of `round_key`)."""
+  return round_key(state, SAMPLE_STREAM)
+
+
+def draw_round_batches(state, train_data: data.ClientArrays, num_steps: int, batch_size: int,
+                       stream: int = BATCH_STREAM) -> tuple[jax.Array, jax.Array]:
+  """Every client's minibatches for `num_steps` local steps of this round.
+
+  Args:
+    state: the method's state (its `rng` and `step` give the key).
+    train_data: padded client arrays.
+    num_steps: K.
+    batch_size: B.
+    stream: the round's random stream to draw from.
+
+  Returns:
+    (x [M, K, B, ...], y [M, K, B]), see `local_training.draw_batches`.
+  """
+  return local_training.draw_batches(train_data, round_key(state, stream), num_steps,
+                                     batch_size)
+
+
+class ClientWork(NamedTuple):
+  """Every client's part of one round, each leaf with a leading client axis M.
+
+  Attributes:
+    uploads: what each client sends the server to aggregate: its model after local
+      training (FedAvg), its body (FedRep), its components (FedEM), its client-side model
+      (SplitFed).
+    kept: what each client keeps for its next rounds: FedRep's head, FedEM's mixture
+      weights; () when nothing.
+    losses: each local step's loss, [M, K] (a method with one loss per round: [M, 1]).
+    accuracies: the matching accuracies.
+    server_side: the server's work of the round, for SplitFed (its server-side model
+      after the round's split steps); () otherwise.
+  """
+  uploads: PyTree
+  kept: PyTree
+  losses: jax.Array
+  accuracies: jax.Array
+  server_side: PyTree = ()
+
+
+LocalWork = Callable[[PyTree, data.ClientArrays, jax.Array], ClientWork]
+Aggregate = Callable[[PyTree, ClientWork, jax.Array], tuple[PyTree, dict]]
+
+
+def make_round_step(num_clients: int, sampled: int, weights_M: jax.Array,
+                    local_work: LocalWork, aggregate: Aggregate,
+                    sample_key: Callable[[PyTree], jax.Array] = round_sample_key) -> Callable:
+  """Builds `step(state, train_data) -> (state, metrics)`: one federated round.
+
+  Args:
+    num_clients: M.
+    sampled: S, clients per round.
+    weights_M: task weights w_m.
+    local_work: `(state, train_data, mask_M) -> ClientWork` of every client, vmapped over
+      all M (the unsampled clients' work is discarded).
+    aggregate: `(state, work, mask_M) -> (state, metrics)`: the state with the server's
+      (and the clients' kept) new parts, and the server's metrics. It does not advance
+      `step`; the round does.
+    sample_key: `state -> key` of the round's client sample (by default stream
+      SAMPLE_STREAM of `round_key`).
+
+  Returns:
+    The pure step. Its metrics hold the aggregate's, `round_metrics`', and the flags
+    'finite/clients' (each sampled client's uploads, kept state and losses) and
+    'finite/server' (the server's new parameters).
+  """
+  def step(state, train_data):
+    mask = sample_clients(sample_key(state), num_clients, sampled)
+    work = local_work(state, train_data, mask)
+    new_state, server_metrics = aggregate(state, work, mask)
+    metrics = dict(server_metrics,
+                   **round_metrics(work.losses, work.accuracies, weights_M, mask))
+    metrics["finite/clients"] = client_finite((work.uploads, work.kept), work.losses, mask)
+    metrics["finite/server"] = split_state.all_finite(new_state.server.params)
+    return new_state.replace(step=state.step + 1), metrics
+
+  return step
 
 
 def sample_clients(key: jax.Array, num_clients: int, sampled: int) -> jax.Array:
@@ -77,12 +187,42 @@ def server_step(tx: optax.GradientTransformation, server: split_state.SideState,
                "server/param_norm": optax.tree.norm(new.params)}
 
 
-all_finite = split_state.all_finite
+def fedopt_aggregate(tx: optax.GradientTransformation, weights_M: jax.Array) -> Aggregate:
+  """The `aggregate` of a method whose clients upload the server's model: `server_step`.
+
+  Args:
+    tx: the server optimizer.
+    weights_M: task weights w_m.
+
+  Returns:
+    `(state, work, mask_M) -> (state with the new server, server_step's metrics)`.
+  """
+  def aggregate(state, work: ClientWork, mask_M: jax.Array):
+    server, health = server_step(tx, state.server, work.uploads, weights_M, mask_M)
+    return state.replace(server=server), health
+
+  return aggregate
+
+
+def keep_unsampled(new_M: PyTree, old_M: PyTree, mask_M: jax.Array) -> PyTree:
+  """Per-client state after a round: the new one for sampled clients, the old otherwise.
+
+  Args:
+    new_M: every client's state after its local work, leading axis M.
+    old_M: the state before the round, laid out the same.
+    mask_M: the sampled clients.
+
+  Returns:
+    The merged tree.
+  """
+  return jax.tree.map(
+      lambda new, old: jnp.where(mask_M.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+      new_M, old_M)
 
 
 def client_finite(tree_M: PyTree, losses_M: jax.Array, mask_M: jax.Array) -> jax.Array:
   """Per-client finiteness of the work that counts; unsampled clients' work is discarded."""
-  ok = jax.vmap(all_finite)(tree_M) & jnp.all(jnp.isfinite(losses_M.reshape(
+  ok = jax.vmap(split_state.all_finite)(tree_M) & jnp.all(jnp.isfinite(losses_M.reshape(
       (losses_M.shape[0], -1))), axis=1)
   return ok | ~mask_M
 
@@ -99,5 +239,3 @@ def round_metrics(losses_MxK: jax.Array, accs_MxK: jax.Array, weights_M: jax.Arr
   return {"task_loss": task_loss, "task_accuracy": task_acc,
           "loss": jnp.sum(w * jnp.where(mask_M, task_loss, 0.0)),
           "participation": mask_M.astype(jnp.float32).mean()}
-
-

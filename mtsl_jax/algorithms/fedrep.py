@@ -12,11 +12,16 @@ is evaluated with the global body and client m's head. With 0 head blocks it is 
 import flax
 import jax
 import jax.numpy as jnp
+import optax
 
 from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
+
+# The head steps' minibatches come from their own random stream of the round (after
+# federated.BATCH_STREAM and SAMPLE_STREAM).
+_HEAD_BATCH_STREAM = 2
 
 
 @flax.struct.dataclass
@@ -60,21 +65,20 @@ def build(config, federation: data.Federation) -> Algorithm:
     head_in = local_training.output_shape(body, body_params, input_shape)
     # Heads start equal (then stay personal); the key differs from the body's.
     head_params = local_training.init_model(head, jax.random.fold_in(key, 1), head_in)
-    heads = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), head_params)
+    heads = optax.tree.batch_shape(head_params, (num_clients,))
     return FedRepState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
                        server=split_state.SideState(body_params, server_tx.init(body_params)),
                        heads=heads)
 
-  def step(state, train_data):
-    round_key = jax.random.fold_in(state.rng, state.step)
-    mask = federated.sample_clients(jax.random.fold_in(round_key, 1), num_clients, sampled)
-    x, y = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 0),
-                                       local_steps, config.batch_size)
+  def local_work(state, train_data, mask):
+    """Every client: its head's steps on the global body, then the body's with that head."""
+    del mask  # every client works; the unsampled ones' work is discarded
+    x, y = federated.draw_round_batches(state, train_data, local_steps, config.batch_size)
     global_body = state.server.params
     train_heads = bool(head.blocks) and head_steps > 0
     if train_heads:
-      hx, hy = local_training.draw_batches(train_data, jax.random.fold_in(round_key, 2),
-                                           head_steps, config.batch_size)
+      hx, hy = federated.draw_round_batches(state, train_data, head_steps, config.batch_size,
+                                            stream=_HEAD_BATCH_STREAM)
     else:  # nothing to train: placeholders of the right client axis
       hx, hy = x[:, :0], y[:, :0]
 
@@ -93,15 +97,16 @@ def build(config, federation: data.Federation) -> Algorithm:
               jnp.concatenate([head_accs, accs]))
 
     bodies, heads, losses, accs = jax.vmap(train_client)(state.heads, x, y, hx, hy, classes)
-    server, health = federated.server_step(server_tx, state.server, bodies, weights_M, mask)
-    # Unsampled clients keep their heads.
-    heads = jax.tree.map(
-        lambda new, old: jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-        heads, state.heads)
-    metrics = dict(health, **federated.round_metrics(losses, accs, weights_M, mask))
-    metrics["finite/clients"] = federated.client_finite((bodies, heads), losses, mask)
-    metrics["finite/server"] = federated.all_finite(server.params)
-    return state.replace(step=state.step + 1, server=server, heads=heads), metrics
+    return federated.ClientWork(uploads=bodies, kept=heads, losses=losses, accuracies=accs)
+
+  fedopt = federated.fedopt_aggregate(server_tx, weights_M)
+
+  def aggregate(state, work, mask):
+    """The bodies averaged (FedOpt); unsampled clients keep their heads."""
+    new_state, health = fedopt(state, work, mask)
+    return new_state.replace(heads=federated.keep_unsampled(work.kept, state.heads, mask)), health
+
+  step = federated.make_round_step(num_clients, sampled, weights_M, local_work, aggregate)
 
   def logits(state, x):
     h = local_training.apply_to_all(body, state.server.params, x)

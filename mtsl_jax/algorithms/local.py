@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from mtsl_jax import data, ledger, models, optimizers, split_state
-from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms import local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
 
@@ -43,7 +43,7 @@ def build(config, federation: data.Federation) -> Algorithm:
   def init_state():
     params = local_training.init_model(model, local_training.init_key(config.seed),
                                        input_shape)
-    params_M = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), params)
+    params_M = optax.tree.batch_shape(params, (num_clients,))
     return LocalState(step=jnp.zeros((), jnp.int32), rng=local_training.run_key(config.seed),
                       clients=split_state.SideState(params_M, jax.vmap(tx.init)(params_M)))
 
@@ -51,7 +51,7 @@ def build(config, federation: data.Federation) -> Algorithm:
     loss_fn = lambda p: local_training.client_loss(model.apply(p, x), y, k)
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    finite = federated.all_finite(grads) & jnp.isfinite(loss)
+    finite = split_state.all_finite(grads) & jnp.isfinite(loss)
     return optax.apply_updates(params, updates), opt_state, loss, acc, finite
 
   def step(state, train_data):

@@ -60,8 +60,14 @@ class SplitFedState:
   client_params: PyTree
 
 
-def _broadcast(tree, num_clients: int):
-  return jax.tree.map(lambda p: jnp.broadcast_to(p, (num_clients,) + p.shape), tree)
+# Round t's client sample and (v2) the clients' order come from `fold_in(sample_rng, t)`,
+# one stream each; the minibatches come from MTSL's keys (`rng`).
+_SAMPLE_STREAM = 0
+_ORDER_STREAM = 1
+
+
+def _round_key(state: SplitFedState, stream: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(state.sample_rng, state.step), stream)
 
 
 def build_v1(config, federation: data.Federation) -> Algorithm:
@@ -115,8 +121,8 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
 
   def split_step(sp, cp, s_opt, c_opt, x, y, k):
     """One split step of one client: x [B, ...], y [B]; returns updated parts and metrics."""
-    g_s, g_c, loss, acc = gradients(model, sp, _broadcast(cp, 1), x[None], y[None], k[None],
-                                    jnp.ones((1,), jnp.float32))[:4]
+    g_s, g_c, loss, acc = gradients(model, sp, optax.tree.batch_shape(cp, (1,)), x[None],
+                                    y[None], k[None], jnp.ones((1,), jnp.float32))[:4]
     g_c = jax.tree.map(lambda g: g[0], g_c)
     u_s, s_opt = server_tx.update(g_s, s_opt, sp)
     u_c, c_opt = client_tx.update(g_c, c_opt, cp)
@@ -134,14 +140,16 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
         one, (sp, cp, s_opt, client_tx.init(cp)), (x_K, y_K))
     return sp, cp, s_opt, losses, accs
 
-  def round_v1(state, x, y, mask):
+  def local_work_v1(state, x, y):
+    """Every client's K split steps against its own copy of the server-side model."""
     sp, s_opt = state.server.params, server_tx.init(state.server.params)
     sp_M, cp_M, _, losses, accs = jax.vmap(client_round, (None, None, None, 0, 0, 0))(
         sp, state.client_params, s_opt, x, y, classes)
-    server_params = federated.weighted_mean(sp_M, weights_M, mask)
-    return split_state.SideState(server_params, ()), cp_M, losses, accs
+    return federated.ClientWork(uploads=cp_M, kept=(), losses=losses, accuracies=accs,
+                                server_side=sp_M)
 
-  def round_v2(state, x, y, mask, order):
+  def local_work_v2(state, x, y, mask):
+    """The sampled clients' K split steps each, in turn, on the one server-side model."""
     def one_client(carry, m):
       sp, s_opt = carry
       new_sp, cp, new_opt, losses, accs = client_round(sp, state.client_params, s_opt, x[m],
@@ -150,37 +158,43 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(mask[m], a, b), new, old)
       return (keep(new_sp, sp), keep(new_opt, s_opt)), (cp, losses, accs)
 
+    order = jax.random.permutation(_round_key(state, _ORDER_STREAM), num_clients)
     (sp, s_opt), outs = jax.lax.scan(one_client, (state.server.params, state.server.opt_state),
                                      order)
     # Outputs come in turn order; put them back in client order.
     cp_M, losses, accs = jax.tree.map(lambda a: a[jnp.argsort(order)], outs)
-    return split_state.SideState(sp, s_opt), cp_M, losses, accs
+    return federated.ClientWork(uploads=cp_M, kept=(), losses=losses, accuracies=accs,
+                                server_side=split_state.SideState(sp, s_opt))
 
-  def step(state, train_data):
+  def local_work(state, train_data, mask):
+    # Split step j = round * K + k draws every client's minibatch as MTSL's step j does.
     first = state.step * local_steps
     xs, ys = jax.vmap(lambda j: data.sample_batches(
         train_data, jax.random.fold_in(state.rng, first + j), config.batch_size))(
             jnp.arange(local_steps))
     x, y = jnp.swapaxes(xs, 0, 1), jnp.swapaxes(ys, 0, 1)  # [M, K, B, ...]
-    round_key = jax.random.fold_in(state.sample_rng, state.step)
-    mask = federated.sample_clients(jax.random.fold_in(round_key, 0), num_clients, sampled)
+    return local_work_v1(state, x, y) if version == 1 else local_work_v2(state, x, y, mask)
+
+  def aggregate(state, work, mask):
+    """Client-side models averaged; v1's server-side copies too, v2's is already one."""
     if version == 1:
-      server, cp_M, losses, accs = round_v1(state, x, y, mask)
+      server = split_state.SideState(
+          federated.weighted_mean(work.server_side, weights_M, mask), ())
     else:
-      order = jax.random.permutation(jax.random.fold_in(round_key, 1), num_clients)
-      server, cp_M, losses, accs = round_v2(state, x, y, mask, order)
-    client_params = federated.weighted_mean(cp_M, weights_M, mask)
-    metrics = federated.round_metrics(losses, accs, weights_M, mask)
-    metrics.update({
-        "server/param_norm": optax.tree.norm(server.params),
-        "client/param_norm": optax.tree.norm(client_params),
-        "finite/server": federated.all_finite(server.params),
-        "finite/clients": federated.client_finite(cp_M, losses, mask)})
-    return state.replace(step=state.step + 1, server=server,
-                         client_params=client_params), metrics
+      server = work.server_side
+    client_params = federated.weighted_mean(work.uploads, weights_M, mask)
+    return (state.replace(server=server, client_params=client_params),
+            {"server/param_norm": optax.tree.norm(server.params),
+             "client/param_norm": optax.tree.norm(client_params)})
+
+  step = federated.make_round_step(
+      num_clients, sampled, weights_M, local_work, aggregate,
+      sample_key=lambda state: _round_key(state, _SAMPLE_STREAM))
 
   def logits(state, x):
-    return model.logits(state.server.params, _broadcast(state.client_params, x.shape[0]), x)
+    # The one global client-side model serves every task.
+    clients = optax.tree.batch_shape(state.client_params, (x.shape[0],))
+    return model.logits(state.server.params, clients, x)
 
   abstract = jax.eval_shape(init_state)
   traffic = _traffic(model, abstract, num_classes_M, config.batch_size, input_shape,
@@ -201,9 +215,9 @@ def _traffic(model: split_model.SplitModel, abstract: SplitFedState, num_classes
   y = jax.ShapeDtypeStruct((num_clients, batch_size), jnp.int32)
 
   def messages(sp, cp, x, y):
-    return split_gradients.protocol_gradients(model, sp, _broadcast(cp, num_clients), x, y,
-                                    jnp.asarray(num_classes_M),
-                                    jnp.full((num_clients,), 1.0 / num_clients))[4]
+    return split_gradients.protocol_gradients(
+        model, sp, optax.tree.batch_shape(cp, (num_clients,)), x, y,
+        jnp.asarray(num_classes_M), jnp.full((num_clients,), 1.0 / num_clients))[4]
 
   per_step = ledger.traffic_from_messages(
       jax.eval_shape(messages, abstract.server.params, abstract.client_params, x, y))

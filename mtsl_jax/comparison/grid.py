@@ -202,13 +202,7 @@ def make_config(dataset: str, setting: str, method: str, learning_rate: float, *
     c.data[noise[0]] = noise[1]
   for key, value in spec.model.items():
     c.model[key] = value
-  overrides = dict(m.overrides, **{f: learning_rate for f in m.lr_fields})
-  for dotted, value in overrides.items():
-    *parents, leaf = dotted.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(dict(m.overrides, **{f: learning_rate for f in m.lr_fields}))
   c.batch_size = BATCH_SIZE
   c.num_steps = steps
   c.log_every = c.eval_every = steps // EVALS
