@@ -17,7 +17,11 @@ What this module provides to `train.train_replicas` (the loop itself is the one 
   * `stack_data`: every replica's train and test arrays on a leading axis, zero-padded to
     the largest client (counts unchanged, so sampling and evaluation never read the
     padding), or one copy when every replica trains on the same data;
+  * `group_data`: whether runs form a group (the checks above) and its data;
+  * `initial_states`: every replica's initial state from as few initializations as can be;
   * `group_fingerprint`: what a group checkpoint was computed from;
+  * `freeze_diverged` / `read_divergence`: reporting a replica that diverged, and reading
+    the report back when a group resumes;
   * `unstack`: one replica's slice of the group state.
 """
 
@@ -25,12 +29,13 @@ import dataclasses
 import pathlib
 from typing import Any, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtsl_jax import data, fingerprint, optimizers
+from mtsl_jax import data, fingerprint, loop, metric_writers, optimizers
 
 PyTree = Any
 
@@ -225,6 +230,94 @@ def group_fingerprint(configs: Sequence[ml_collections.ConfigDict],
   for field in varying[0]:
     fp["config"].pop(field, None)
   return fp
+
+
+def group_data(configs: Sequence[ml_collections.ConfigDict], federations: Sequence,
+               algorithms: Sequence, allow_single: bool = False) -> tuple[GroupData | None, str]:
+  """The group's data if the runs can train as one replica group, else why not.
+
+  Args:
+    configs, federations, algorithms: each run's.
+    allow_single: one run may form a group of one.
+
+  Returns:
+    (GroupData, '') or (None, the reason).
+  """
+  if len(configs) < (1 if allow_single else 2):
+    return None, "fewer than two runs"
+  if jax.process_count() > 1:
+    return None, "a multi-process run (each run uses the mesh of all processes' devices)"
+  if any(c.parallel.client_devices != 1 for c in configs):
+    return None, "clients are sharded over several devices (parallel.client_devices)"
+  shared_loop = sorted(set(varying_fields(configs)) & LOOP_FIELDS)
+  if shared_loop:
+    return None, f"the runs differ in {shared_loop}, which the group's one loop shares"
+  group = stack_data(federations, configs[0].eval_batch_size)
+  one = (lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)) if group.shared else (
+      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype))
+  train_shapes = jax.tree.map(one, group.train)
+  test_x = one(group.test_x)
+  chunk_x = jax.ShapeDtypeStruct(test_x.shape[:1] + (group.chunk,) + test_x.shape[2:],
+                                 test_x.dtype)
+  ok, reason = same_program(algorithms, train_shapes, chunk_x)
+  return (group, "") if ok else (None, reason)
+
+
+def read_divergence(workdir: pathlib.Path) -> str:
+  """The divergence a replica's metrics.jsonl records (a group resumed after it froze)."""
+  for record in reversed(metric_writers.read_metrics(workdir)):
+    if "diverged" in record:
+      return record["diverged"]
+  return "diverged before the checkpoint this group resumed from"
+
+
+def freeze_diverged(names: Sequence[str], state: loop.Replicas, summary: dict,
+                    diverged: dict[int, str], writers: Sequence,
+                    verbose: bool) -> loop.Replicas:
+  """Reports every replica that diverged in this chunk and makes sure it is frozen.
+
+  The runner froze replicas at a non-finite step; a replica whose parameters an update
+  overflowed at the chunk's end (loss and gradients still finite) is frozen here.
+
+  Args:
+    names: how messages name each replica.
+    state: the group state after the chunk.
+    summary: the chunk's `loop.Runner` summary, on the host.
+    diverged: replica -> message of those reported so far; updated in place.
+    writers: each replica's metric writer (the message is recorded as 'diverged').
+    verbose: also print each message.
+
+  Returns:
+    The group state with every diverged replica frozen.
+  """
+  frozen = np.asarray(state.frozen).copy()
+  for r in range(len(names)):
+    if r in diverged:
+      continue
+    part = {"bad_step": summary["bad_step"][r], "state_finite": summary["state_finite"][r],
+            "last_step": summary["last_step"][r],
+            "flags": {k: v[r] for k, v in summary["flags"].items()}}
+    need_state = int(part["bad_step"]) < 0 and not bool(part["state_finite"])
+    message = loop.divergence_message(
+        part, unstack(state.states, r) if need_state else None, group=True)
+    if message is None:
+      continue
+    diverged[r] = f"{names[r]}: {message}"
+    frozen[r] = True
+    at = int(part["bad_step"]) + 1 if int(part["bad_step"]) >= 0 else int(part["last_step"])
+    writers[r].write_event(at, "diverged", diverged[r])
+    logging.warning("replica diverged: %s", diverged[r])
+    if verbose:
+      print(f"train_replicas: {diverged[r]}", flush=True)
+  if frozen.any() and not np.array_equal(frozen, np.asarray(state.frozen)):
+    state = state.replace(frozen=jnp.asarray(frozen))
+  return state
+
+
+# Fields the group's one loop reads from the first config: equal across its runs.
+LOOP_FIELDS = {"num_steps", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",
+               "max_checkpoints_to_keep", "progress_bar", "disable_jit",
+               "parallel.client_devices"}
 
 
 def default_group_dir(workdirs: Sequence[str | pathlib.Path],

@@ -36,14 +36,13 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import tqdm
-
-from absl import logging
 
 from mtsl_jax import algorithms, checkpointing, data, distributed, evaluation, loop
 from mtsl_jax import fingerprint, metric_writers, replicas, sharding, signals, split_state
@@ -181,10 +180,10 @@ def _train_record(means: dict, algorithm, norms: dict, step: int) -> dict:
   return out
 
 
-def _print_accuracies(eval_metrics: dict, step: int, label: str = "") -> None:
+def _print_accuracies(eval_metrics: dict, step: int) -> None:
   acc = eval_metrics["test/accuracy"]
   per_task = " ".join(f"{a:.3f}" for a in acc)
-  print(f"{label}step {step}: per-task test accuracy [{per_task}]\n"
+  print(f"step {step}: per-task test accuracy [{per_task}]\n"
         f"  mean {eval_metrics['test/accuracy_mean']:.4f}  "
         f"weighted {eval_metrics['test/accuracy_weighted']:.4f}  "
         f"worst {eval_metrics['test/accuracy_worst']:.4f}", flush=True)
@@ -285,7 +284,7 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
   with signals.stop_requests() as stop:
     built = {}
     feds, algs = (list(t) for t in zip(*[prepare_run(c, built) for c in configs]))
-    group, reason = _group_data(configs, feds, algs, allow_single)
+    group, reason = replicas.group_data(configs, feds, algs, allow_single)
     if group is not None:
       group_dir = workdirs.check_workdir(
           group_dir or replicas.default_group_dir(workdirs_, configs))
@@ -305,34 +304,6 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
   if verbose:
     print(f"train_replicas: {len(configs)} runs one after another: {reason}", flush=True)
   return [fallback_fn(c, w, verbose=verbose) for c, w in zip(configs, workdirs_)]
-
-
-def _group_data(configs, feds, algs,
-                allow_single: bool) -> tuple[replicas.GroupData | None, str]:
-  """The group's stacked data if the runs can train as one replica group, else why not."""
-  if len(configs) < (1 if allow_single else 2):
-    return None, "fewer than two runs"
-  if jax.process_count() > 1:
-    return None, "a multi-process run (each run uses the mesh of all processes' devices)"
-  if any(c.parallel.client_devices != 1 for c in configs):
-    return None, "clients are sharded over several devices (parallel.client_devices)"
-  not_vmappable = sorted(set(replicas.varying_fields(configs)) & _PROGRAM_FIELDS)
-  if not_vmappable:
-    return None, f"the runs differ in {not_vmappable}, which change the program's shapes"
-  group = replicas.stack_data(feds, configs[0].eval_batch_size)
-  one = (lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)) if group.shared else (
-      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype))
-  train_shapes = jax.tree.map(one, group.train)
-  test_x = one(group.test_x)
-  chunk_x = jax.ShapeDtypeStruct(test_x.shape[:1] + (group.chunk,) + test_x.shape[2:],
-                                 test_x.dtype)
-  ok, reason = replicas.same_program(algs, train_shapes, chunk_x)
-  return (group, "") if ok else (None, reason)
-
-
-# Fields whose differences change array shapes or the loop itself: never one program.
-_PROGRAM_FIELDS = {"algorithm", "batch_size", "num_steps", "log_every", "eval_every",
-                   "checkpoint_every", "data.num_clients", "model.name", "disable_jit"}
 
 
 def _place(plan: _Plan, mesh):
@@ -355,14 +326,6 @@ def _place(plan: _Plan, mesh):
   else:
     train, test = jax.device_put((train_np, (test_x, test_y, test_np.counts)))
   return train, test, chunk, None
-
-
-def _read_divergence(workdir: pathlib.Path) -> str:
-  """The divergence a replica's metrics.jsonl records (a group resumed after it froze)."""
-  for record in reversed(metric_writers.read_metrics(workdir)):
-    if "diverged" in record:
-      return record["diverged"]
-  return "diverged before the checkpoint this group resumed from"
 
 
 def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
@@ -416,7 +379,7 @@ def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
       window = empty_window
     diverged = {}
     if plan.replicated:
-      diverged = {r: _read_divergence(plan.workdirs[r])
+      diverged = {r: replicas.read_divergence(plan.workdirs[r])
                   for r in np.flatnonzero(np.asarray(state.frozen))}
     if verbose:
       _print_banner(plan, mesh, step)
@@ -449,7 +412,8 @@ def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
         state, summary = run_steps(state, train_data, target - step, window)
         summary = sharding.to_host(summary)
         if plan.replicated:
-          state = _freeze_diverged(plan, state, summary, diverged, writers, verbose)
+          state = replicas.freeze_diverged(plan.names, state, summary, diverged, writers,
+                                           verbose)
         else:
           loop.raise_if_diverged(summary, state)
         elapsed = time.perf_counter() - t0
@@ -505,40 +469,6 @@ def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
                       train_metrics=train_metrics[r], algorithm=alg,
                       diverged=diverged.get(r))
           for r, alg in enumerate(plan.algorithms)]
-
-
-def _freeze_diverged(plan: _Plan, state: loop.Replicas, summary: dict, diverged: dict,
-                     writers: list, verbose: bool) -> loop.Replicas:
-  """Reports every replica that diverged in this chunk and makes sure it is frozen.
-
-  The runner froze replicas at a non-finite step; a replica whose parameters an update
-  overflowed at the chunk's end (loss and gradients still finite) is frozen here.
-
-  Returns:
-    The group state with every diverged replica frozen.
-  """
-  frozen = np.asarray(state.frozen).copy()
-  for r in range(len(plan.configs)):
-    if r in diverged:
-      continue
-    part = {"bad_step": summary["bad_step"][r], "state_finite": summary["state_finite"][r],
-            "last_step": summary["last_step"][r],
-            "flags": {k: v[r] for k, v in summary["flags"].items()}}
-    need_state = int(part["bad_step"]) < 0 and not bool(part["state_finite"])
-    message = loop.divergence_message(
-        part, replicas.unstack(state.states, r) if need_state else None, group=True)
-    if message is None:
-      continue
-    diverged[r] = f"{plan.names[r]}: {message}"
-    frozen[r] = True
-    at = int(part["bad_step"]) + 1 if int(part["bad_step"]) >= 0 else int(part["last_step"])
-    writers[r].write_event(at, "diverged", diverged[r])
-    logging.warning("replica diverged: %s", diverged[r])
-    if verbose:
-      print(f"train_replicas: {diverged[r]}", flush=True)
-  if frozen.any() and not np.array_equal(frozen, np.asarray(state.frozen)):
-    state = state.replace(frozen=jnp.asarray(frozen))
-  return state
 
 
 def _print_banner(plan: _Plan, mesh, step: int) -> None:

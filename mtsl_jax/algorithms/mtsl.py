@@ -7,9 +7,6 @@ import numpy as np
 from mtsl_jax import client_groups, data, ledger, models, optimizers, split
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
-# TEMPORARY re-export for seed_batch.py (being rewritten on main); base.task_weights is
-# where it lives.
-from mtsl_jax.algorithms.base import task_weights  # noqa: F401 (re-exported)
 
 
 def _client_param_counts(client_params, num_clients: int) -> dict[str, int]:
