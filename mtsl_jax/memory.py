@@ -13,7 +13,7 @@ import math
 import os
 from typing import NamedTuple
 
-from mtsl_jax import errors, methods
+from mtsl_jax import errors, methods, models
 from mtsl_jax.data import sources, synthetic
 
 _BYTES = 4
@@ -86,7 +86,8 @@ def block_param_counts(model_config, input_shape: tuple[int, ...] | None,
     counts = []
     for features in m.cnn_features:
       counts.append(25 * channels * features + features)  # 5x5 kernel and bias
-      height, width, channels = height // 2, width // 2, features  # 'SAME', then 2x2 pool
+      height = models.conv_pool_side(height, m.get("padding", "same"))
+      width, channels = models.conv_pool_side(width, m.get("padding", "same")), features
     dense = m.cnn_dense
     return counts + [height * width * channels * dense + dense, dense * num_classes + num_classes]
   widths = m.resnet_widths

@@ -310,6 +310,8 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("model.resnet_blocks_per_stage", *_int_in(1, MAX_BLOCKS_PER_STAGE)),
       ("model.dtype", *one_of(DTYPES)),
       ("model.conv_impl", *one_of(models.CONV_IMPLS)),
+      ("model.padding", *one_of(models.PADDINGS)),
+      ("model.init", *one_of(models.INITS)),
       ("split.orientation", *one_of(split_model.ORIENTATIONS)),
       ("split.client_bottom_blocks", lambda v: v >= 0, "an integer >= 0"),
       ("split.client_top_blocks", lambda v: v >= 0, "an integer >= 0"),
@@ -368,12 +370,15 @@ def _check_tfds_shapes(c, names: list[str]) -> None:
     raise ConfigError("data.name", "mixed datasets must share one input shape, got "
                       + ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in shapes.items()))
   height, width, _ = next(iter(shapes.values()))
-  # Each CNN block max-pools 2x2 (floor), so after floor(log2(side)) blocks the feature
-  # map is 1 x 1 and one more leaves it empty: the dense block would see no input at all
-  # and the run would train only biases, silently.
-  most = int(math.log2(min(height, width)))
+  # Each CNN block max-pools 2x2 (floor), after a 'valid' convolution also trims 4 pixels:
+  # a block that leaves no pixel would give the dense block no input at all, and the run
+  # would train only biases, silently.
+  side, most = min(height, width), 0
+  while models.conv_pool_side(side, c.model.padding) >= 1:
+    side, most = models.conv_pool_side(side, c.model.padding), most + 1
   if c.model.name == "cnn" and len(c.model.cnn_features) > most:
-    raise ConfigError("model.cnn_features", f"each block halves the {height}x{width} "
+    how = "halves" if c.model.padding == "same" else "trims 4 pixels off and halves"
+    raise ConfigError("model.cnn_features", f"each block {how} the {height}x{width} "
                       f"{c.data.name} images, so at most {most} blocks keep a pixel; got "
                       f"{len(c.model.cnn_features)} blocks {tuple(c.model.cnn_features)}")
 

@@ -9,13 +9,14 @@ import pytest
 from mtsl_jax import config_base, models
 
 
+@pytest.mark.parametrize("padding", models.PADDINGS)
 @pytest.mark.parametrize("kernel,stride,size,cin", [
     ((5, 5), (1, 1), 28, 1), ((3, 3), (2, 2), 9, 3), ((3, 3), (2, 2), 8, 4),
     ((1, 1), (2, 2), 7, 5), ((3, 5), (1, 2), 10, 2)])
-def test_patch_convolution_equals_xla_convolution(kernel, stride, size, cin):
+def test_patch_convolution_equals_xla_convolution(kernel, stride, size, cin, padding):
   x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size + 1, cin))
-  xla = models.Conv2D(6, kernel, stride, impl="xla")
-  patches = models.Conv2D(6, kernel, stride, impl="patches")
+  xla = models.Conv2D(6, kernel, stride, impl="xla", padding=padding)
+  patches = models.Conv2D(6, kernel, stride, impl="patches", padding=padding)
   params = xla.init(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
   a, b = xla.apply(params, x), patches.apply(params, x)
@@ -63,3 +64,41 @@ def test_auto_conv_impl_picks_patches_on_cpu():
   assert jax.default_backend() == "cpu"
   assert models.resolve_conv_impl("auto") == "patches"
   assert models.resolve_conv_impl("xla") == "xla"
+
+
+def test_the_valid_cnn_is_the_fedavg_cnn_of_peer_libraries():
+  """conv5x5-32, pool, conv5x5-64, pool, dense 1024->512, dense 10, no padding: 582,026
+  parameters on MNIST (PFLlib's and LEAF's FedAvgCNN), where 'same' padding gives 1.66M."""
+  config = config_base.base_config().model
+  config.name = "cnn"
+  x = jnp.zeros((2, 28, 28, 1))
+  counts = {}
+  for padding in models.PADDINGS:
+    config.padding = padding
+    stack = models.BlockStack(tuple(models.make_blocks(config, 10)))
+    params = stack.init(jax.random.PRNGKey(0), x)
+    counts[padding] = models.count_params(params)
+    assert stack.apply(params, x).shape == (2, 10)
+  assert counts == {"valid": 582_026, "same": 1_663_370}
+
+
+def test_torch_init_draws_pytorch_default_uniform_fan_in_weights_and_biases():
+  config = config_base.base_config().model
+  config.name, config.padding, config.init = "cnn", "valid", "torch"
+  stack = models.BlockStack(tuple(models.make_blocks(config, 10)))
+  params = stack.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  fan_ins = {"blocks_0": 25, "blocks_1": 25 * 32, "blocks_2": 1024, "blocks_3": 512}
+  for block, fan_in in fan_ins.items():
+    (layer,) = params[block].values()
+    bound = 1 / np.sqrt(fan_in)
+    for name in ("kernel", "bias"):
+      w = np.asarray(layer[name])
+      assert np.abs(w).max() <= bound
+      if w.size > 1000:  # uniform on [-b, b]: std b / sqrt(3)
+        np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.05)
+    assert np.abs(np.asarray(layer["bias"])).max() > bound / 4  # not zeros
+  # Flax's default keeps zero biases and LeCun-normal weights, as before the option.
+  config.init = "flax"
+  stack = models.BlockStack(tuple(models.make_blocks(config, 10)))
+  params = stack.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  assert not np.any(np.asarray(params["blocks_2"]["Dense_0"]["bias"]))

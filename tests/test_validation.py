@@ -141,6 +141,12 @@ TOO_LARGE = [
       "server_optimizer.schedule": "linear"}, "server_optimizer.schedule", "int32"),
     ({"data.source": "tfds", "data.name": "mnist", "model.name": "cnn",
       "model.cnn_features": (8,) * 5}, "model.cnn_features", "at most 4 blocks keep a pixel"),
+    # 'valid': 28 -> 12 -> 4 -> 0 (the third convolution has no 5x5 window left).
+    ({"data.source": "tfds", "data.name": "mnist", "model.name": "cnn",
+      "model.padding": "valid", "model.cnn_features": (8,) * 3}, "model.cnn_features",
+     "trims 4 pixels off and halves the 28x28 mnist images, so at most 2 blocks keep a pixel"),
+    ({"model.padding": "full"}, "model.padding", "one of ('same', 'valid')"),
+    ({"model.init": "he"}, "model.init", "one of ('flax', 'torch')"),
     ({"data.source": "tfds", "data.name": "mnist,cifar10", "model.name": "cnn"}, "data.name",
      "mixed datasets must share one input shape"),
 ]
@@ -219,6 +225,8 @@ def test_unknown_field_is_rejected_with_the_closest_name():
     ("mlp", (28, 28, 1), 10, {"hidden_sizes": (32, 16, 8)}),
     ("cnn", (28, 28, 1), 10, {}),
     ("cnn", (32, 32, 3), 100, {"cnn_features": (8, 16, 4), "cnn_dense": 33}),
+    ("cnn", (28, 28, 1), 10, {"padding": "valid"}),
+    ("cnn", (32, 32, 3), 10, {"padding": "valid", "cnn_features": (6, 16)}),
     ("resnet", (32, 32, 3), 10, {}),
     ("resnet", (32, 32, 3), 100, {"resnet_widths": (8, 8, 16), "resnet_blocks_per_stage": 2}),
 ])
