@@ -1,6 +1,8 @@
 """The notebooks run end to end, offline, on CPU, with small parameters (papermill style)."""
 
 import pathlib
+import subprocess
+import sys
 
 import nbclient
 import nbformat
@@ -51,3 +53,31 @@ def test_lr_study_draws_the_heatmap(tmp_path):
   assert (tmp_path / "out" / "lr_study.png").stat().st_size > 1000
   rows = (tmp_path / "out" / "lr_study.csv").read_text().splitlines()
   assert len(rows) == 5 and rows[0].startswith("server_lr,client_lr")
+
+
+def _setup_cell(name: str) -> str:
+  nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+  return next(c.source for c in nb.cells if c.cell_type == "code" and "find_spec" in c.source)
+
+
+def test_the_setup_cells_install_from_repo_url_outside_a_checkout(tmp_path):
+  """Outside a clone, with mtsl_jax not importable (a fresh Colab runtime), the setup cell
+  asks for `repo_url` instead of failing later on an import; with a URL it pip-installs
+  `mtsl_jax[notebooks,<runtime>] @ git+<url>` (the pip call is replaced here: no network)."""
+  for name in ("quickstart.ipynb", "lr_study.ipynb"):
+    cell = _setup_cell(name)
+    fake_pip = ("import subprocess\n"
+                "subprocess.run = lambda cmd, check: print('PIP', ' '.join(cmd[3:]))\n"
+                "import importlib.util\n"
+                "_find = importlib.util.find_spec\n"
+                "importlib.util.find_spec = lambda n: None if n == 'mtsl_jax' else _find(n)\n")
+    for repo_url in ("", "https://example.org/mtsl_jax.git"):
+      code = f"repo_url = {repo_url!r}\n" + fake_pip + cell
+      proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, check=False)
+      if repo_url:
+        assert proc.returncode == 0, proc.stderr
+        assert "PIP install -q mtsl_jax[notebooks] @ git+https://example.org/mtsl_jax.git" in proc.stdout
+        assert "runtime: CPU" in proc.stdout
+      else:
+        assert proc.returncode != 0 and "set repo_url" in proc.stderr
