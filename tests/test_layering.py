@@ -8,7 +8,7 @@ own layer and of lower ones:
                    workdir, metric_writers, checkpointing, distributed, sharding,
                    exit_codes: each about one thing, knowing nothing of MTSL.
   2. data          data/: sources, partitions, Synthetic, the federation on the device.
-  3. models        models, task_losses, split_state, split_model, client_groups.
+  3. models        models, cut_costs, task_losses, split_state, split_model, client_groups.
   4. config checks memory, validation, config_files: a config checked against the
                    schema, the models and the machine, before anything is built.
   5. MTSL          split_gradients, split, ledger, evaluation.
@@ -40,7 +40,8 @@ LAYERS = (
                      "fingerprint", "workdir", "metric_writers", "checkpointing",
                      "distributed", "sharding", "exit_codes")),
     ("data", ("data/",)),
-    ("models", ("models", "task_losses", "split_state", "split_model", "client_groups")),
+    ("models", ("models", "cut_costs", "task_losses", "split_state", "split_model",
+                "client_groups")),
     ("config checks", ("memory", "validation", "config_files")),
     ("MTSL", ("split_gradients", "split", "ledger", "evaluation")),
     ("methods", ("algorithms/",)),
