@@ -52,6 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = "mnist"
   c.data.tfds_data_dir = ""         # '' means TFDS's default data_dir
   c.data.npz_path = ""              # arrays x_train, y_train, x_test, y_test
+  # Raw inputs -> the model's float32 inputs, statistics fitted on the pooled train
+  # inputs (tfds, npz; mtsl_jax/data/normalization.py): 'auto' (uint8 images: scaled to
+  # [0, 1], then per-channel standardized; other inputs: per feature) | 'none' (as given,
+  # cast to float32) | 'scale_-1_1' | 'per_channel' | 'per_pixel'. Synthetic data are
+  # used as drawn ('auto' or 'none').
+  c.data.normalization = "auto"
   c.data.num_clients = 10
   c.data.partition = "iid"          # 'iid' | 'dirichlet' | 'shards' (not used by synthetic)
   c.data.dirichlet_alpha = 0.5      # label skew: smaller is more heterogeneous

@@ -43,6 +43,7 @@ RESUMABLE_FIELDS = {
 LATER_FIELDS = {
     "server_optimizer.learning_rate_in_state": False,
     "client_optimizer.learning_rate_in_state": False,
+    "data.normalization": "auto",
 }
 
 
@@ -131,7 +132,9 @@ def differences(saved: dict, current: dict) -> list[str]:
     a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
     if key == "config":
       for field in sorted(set(a) | set(b)):
-        u, v = a.get(field, "<absent>"), b.get(field, "<absent>")
+        # A later field is left out at its default: name that value, not its absence.
+        absent = LATER_FIELDS.get(field, "<absent>")
+        u, v = a.get(field, absent), b.get(field, absent)
         if u != v:
           out.append(f"{field}: checkpoint has {u!r}, config has {v!r}")
     elif key == "data_digest" and a != b and saved.get("config") == current.get("config"):

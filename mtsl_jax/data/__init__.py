@@ -16,6 +16,7 @@ from mtsl_jax.data.federation import padded_length
 from mtsl_jax.data.federation import sample_batches
 from mtsl_jax.data.federation import to_device
 from mtsl_jax.data.federation import to_host
+from mtsl_jax.data.normalization import NORMALIZATIONS
 from mtsl_jax.data.sources import ArrayDataset
 from mtsl_jax.data.sources import DataError
 from mtsl_jax.data.sources import load_npz

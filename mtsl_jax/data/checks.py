@@ -1,13 +1,13 @@
 """Checks of a built federation against the experiment config, before anything compiles.
 
 `sources.ArrayDataset.from_arrays` checks raw arrays as they are loaded (label dtypes and
-ranges, finite inputs, an empty train split; `load_npz` also an empty test split). What only the built federation shows is checked
-here by `check_federation`: the float32 inputs the model will see, after standardization,
-rotation and noise (large raw values or a large noise std can overflow float32, and
-Synthetic(alpha, beta) with huge variances draws inputs beyond it); every client's labels
-against its own label space; whether every client has examples to train on and to be
-evaluated on (test, or held-out validation with `data.evaluate_on = 'validation'`); and
-whether the inputs' rank fits `model.name`.
+ranges, finite inputs, an empty train split; `load_npz` also an empty test split). What
+only the built federation shows is checked here by `check_federation`: the float32 inputs
+the model will see, after normalization, rotation and noise (large raw values or a large
+noise std can overflow float32, and Synthetic(alpha, beta) with huge variances draws
+inputs beyond it); every client's labels against its own label space; whether every
+client has examples to train on and to be evaluated on (test, or held-out validation with
+`data.evaluate_on = 'validation'`); and whether the inputs' rank fits `model.name`.
 
 Every failure is a `DataError` with a one-line message that starts with the config field
 to change ('federation:' for arrays that do not fit together, which `build_federation`
@@ -147,8 +147,8 @@ def _overflow_causes(data_config) -> tuple[list[str], list[str]]:
                   "smaller variances (FedProx uses 0 to 1)")
   elif data_config.source == "npz":
     fields.append("data.npz_path")
-    causes.append(f"the inputs of {data_config.npz_path} overflow float32 once standardized: "
-                  "rescale them")
+    causes.append(f"the inputs of {data_config.npz_path} overflow float32 once normalized "
+                  f"({data_config.normalization}): rescale them")
   if data_config.feature_noise_std:
     fields.append("data.feature_noise_std")
     causes.append(f"data.feature_noise_std = {data_config.feature_noise_std:g} overflows "
