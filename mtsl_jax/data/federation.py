@@ -1,12 +1,13 @@
 """From a data config to per-client arrays: on the host (`Federation`) and on device.
 
 `build_federation` runs the whole host pipeline once, in this order: load the source(s),
-partition the train set, allocate test examples like train, cap train sizes, hold out a
-validation part of each client's train examples (`data.validation_fraction`; with
+partition the train set, allocate test examples like train (user-given client splits,
+`client_splits.py`, skip both: their clients are used as given), cap train sizes, hold
+out a validation part of each client's train examples (`data.validation_fraction`; with
 `data.evaluate_on = 'validation'` it replaces the test set, for tuning), then apply the
 per-client transforms and the input normalization (`data.normalization`). `to_device`
-pads the ragged clients into `[M, N_max, ...]` arrays, and `sample_batches` draws every client's minibatch on device, so a training step
-never goes back to the host for data.
+pads the ragged clients into `[M, N_max, ...]` arrays, and `sample_batches` draws every
+client's minibatch on device, so a training step never goes back to the host for data.
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtsl_jax.data import client_splits
 from mtsl_jax.data import normalization
 from mtsl_jax.data import partition as part
 from mtsl_jax.data import sources
@@ -102,6 +104,12 @@ def build_federation(data_config, seed: int) -> Federation:
            for m in range(data_config.num_clients)]
     head = f"synthetic({s.alpha:g}, {s.beta:g})"
     return _finish(raw, data_config, seed, head)
+  if source in client_splits.SOURCES:
+    splits = client_splits.load_client_splits(source, data_config.client_path,
+                                              data_config.num_clients)
+    raw = _raw_clients(splits.dataset, splits.train_parts, splits.test_parts,
+                       data_config.normalization)
+    return _finish(raw, data_config, seed, f"{splits.dataset.name}, given split")
   if source == "tfds":
     names = [n.strip() for n in data_config.name.split(",") if n.strip()]
     if not names:
@@ -110,7 +118,8 @@ def build_federation(data_config, seed: int) -> Federation:
   elif source == "npz":
     datasets = [sources.load_npz(data_config.npz_path)]
   else:
-    raise DataError(f"data.source must be 'synthetic', 'tfds' or 'npz', got {source!r}.")
+    raise DataError("data.source must be 'synthetic', 'tfds', 'npz', "
+                    f"{' or '.join(repr(s) for s in client_splits.SOURCES)}, got {source!r}.")
   return build_federation_from_datasets(datasets, data_config, seed)
 
 
