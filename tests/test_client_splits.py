@@ -320,3 +320,18 @@ def test_config_refuses_in_one_line(fields, field):
   with pytest.raises(validation.ConfigError) as e:
     validation.validate_config(config)
   assert str(e.value).startswith(f"config.{field}: ") and "\n" not in str(e.value)
+
+
+def test_the_readme_example_writes_clients_that_train(tmp_path, monkeypatch):
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  section = readme[readme.index("## Your own federated data"):]
+  code = section[section.index("```python\n") + 10:section.index("```\n")]
+  monkeypatch.chdir(tmp_path)
+  exec(code, {})  # pylint: disable=exec-used
+  command = section[section.index("```bash\n"):]
+  command = command[:command.index("```\n", 8)]
+  assert "--config.data.source=client_dir --config.data.client_path=my_clients" in command
+  config = _config("client_dir", tmp_path / "my_clients", "auto", num_clients=4)
+  validation.validate_config(config)
+  federation = data.build_federation(config.data, config.seed)
+  np.testing.assert_array_equal(federation.train_counts, [40, 60, 80, 100])
