@@ -46,12 +46,26 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- data -------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"       # 'synthetic' | 'tfds' | 'npz'
+  # 'synthetic' | 'tfds' | 'npz' (one pool, partitioned below) | 'client_dir' |
+  # 'client_npz' (your own clients, used as given: see client_path)
+  c.data.source = "synthetic"
   # tfds: a dataset name, or several joined by ',' (a federation mixing datasets: the
   # clients are divided into contiguous groups, one per dataset, as evenly as possible).
   c.data.name = "mnist"
   c.data.tfds_data_dir = ""         # '' means TFDS's default data_dir
   c.data.npz_path = ""              # arrays x_train, y_train, x_test, y_test
+  # User-given client splits, used exactly as given: no partitioning, no test resampling
+  # (mtsl_jax/data/client_splits.py). client_dir: a directory of client_<m>.npz files,
+  # m = 0..M-1, each with x_train, y_train, x_test, y_test. client_npz: one .npz file with
+  # x_train, y_train, client_train, x_test, y_test, client_test (each example's client
+  # id). num_clients must equal the M found; the partition fields are not used.
+  c.data.client_path = ""
+  # Raw inputs -> the model's float32 inputs, statistics fitted on the pooled train
+  # inputs (tfds, npz, client_dir, client_npz; mtsl_jax/data/normalization.py): 'auto'
+  # (uint8 images: scaled to [0, 1], then per-channel standardized; other inputs: per
+  # feature) | 'none' (as given, cast to float32) | 'scale_-1_1' | 'per_channel' |
+  # 'per_pixel'. Synthetic data are used as drawn ('auto' or 'none').
+  c.data.normalization = "auto"
   c.data.num_clients = 10
   c.data.partition = "iid"          # 'iid' | 'dirichlet' | 'shards' (not used by synthetic)
   c.data.dirichlet_alpha = 0.5      # label skew: smaller is more heterogeneous

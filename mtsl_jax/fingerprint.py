@@ -35,6 +35,7 @@ RESUMABLE_FIELDS = {
     "parallel.client_devices": "placement of the client axis on devices",
     "data.tfds_data_dir": "where the data are read from (the data digest guards their content)",
     "data.npz_path": "where the data are read from (the data digest guards their content)",
+    "data.client_path": "where the data are read from (the data digest guards their content)",
 }
 
 # Fields added after fingerprints were first written, with the default that reproduces
@@ -43,6 +44,7 @@ RESUMABLE_FIELDS = {
 LATER_FIELDS = {
     "server_optimizer.learning_rate_in_state": False,
     "client_optimizer.learning_rate_in_state": False,
+    "data.normalization": "auto",
 }
 
 
@@ -131,13 +133,16 @@ def differences(saved: dict, current: dict) -> list[str]:
     a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
     if key == "config":
       for field in sorted(set(a) | set(b)):
-        u, v = a.get(field, "<absent>"), b.get(field, "<absent>")
+        # A later field is left out at its default: name that value, not its absence.
+        absent = LATER_FIELDS.get(field, "<absent>")
+        u, v = a.get(field, absent), b.get(field, absent)
         if u != v:
           out.append(f"{field}: checkpoint has {u!r}, config has {v!r}")
     elif key == "data_digest" and a != b and saved.get("config") == current.get("config"):
       out.append("the data: the clients' arrays differ from those the checkpoint was trained "
-                 "on (same config fields, other content: changed files at data.npz_path or "
-                 "data.tfds_data_dir, or another version of the data pipeline)")
+                 "on (same config fields, other content: changed files at data.npz_path, "
+                 "data.client_path or data.tfds_data_dir, or another version of the data "
+                 "pipeline)")
     elif a != b and key != "data_digest":
       out.append(f"{key}: checkpoint has {a!r}, config has {b!r}")
   return out

@@ -57,7 +57,7 @@ def _input_shape_and_classes(c) -> tuple[tuple[int, ...] | None, int]:
     names = c.data.name.split(",")
     return (sources.TFDS_INPUT_SHAPES[names[0]],
             max(sources.TFDS_NUM_CLASSES[n] for n in names))
-  return None, 2  # npz: the file says; the smallest case keeps this a lower bound
+  return None, 2  # npz, client files: they say; the smallest case keeps this a lower bound
 
 
 def block_param_counts(model_config, input_shape: tuple[int, ...] | None,

@@ -26,11 +26,13 @@ import numpy as np
 
 from mtsl_jax import client_groups, config_base, errors, memory, methods, models, optimizers
 from mtsl_jax import split_model
+from mtsl_jax.data import client_splits
+from mtsl_jax.data import normalization
 from mtsl_jax.data import sources
 
 ALGORITHMS = methods.ALGORITHM_NAMES
 SPLIT_ALGORITHMS = methods.SPLIT_ALGORITHMS  # the ones config.split cuts
-DATA_SOURCES = ("synthetic", "tfds", "npz")
+DATA_SOURCES = ("synthetic", "tfds", "npz") + client_splits.SOURCES
 TFDS_DATASETS = tuple(sources.TFDS_FEATURES)
 PARTITIONS = ("iid", "dirichlet", "shards")
 NOISE_PROFILES = ("constant", "linear")
@@ -274,6 +276,7 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("data.source", *one_of(DATA_SOURCES)),
       ("data.num_clients", *_int_in(1, MAX_CLIENTS)),
       ("data.partition", *one_of(PARTITIONS)),
+      ("data.normalization", *one_of(normalization.NORMALIZATIONS)),
       ("data.dirichlet_alpha", lambda v: 0 < v <= MAX_DIRICHLET_ALPHA,
        f"a number in (0, {MAX_DIRICHLET_ALPHA:g}]"),
       ("data.classes_per_client", *_int_in(1, MAX_CLASSES)),
@@ -354,6 +357,14 @@ def _check_data_names(c) -> None:
                         f"that many clients, got {c.data.num_clients}")
   if c.data.source == "npz" and not c.data.npz_path:
     raise ConfigError("data.npz_path", "must name a .npz file when data.source is 'npz'")
+  if c.data.source in client_splits.SOURCES and not c.data.client_path:
+    what = "directory of client_<m>.npz files" if c.data.source == "client_dir" else (
+        ".npz file with client_train and client_test")
+    raise ConfigError("data.client_path", f"must name a {what} when data.source is "
+                      f"{c.data.source!r}")
+  if c.data.source == "synthetic" and c.data.normalization not in ("auto", "none"):
+    raise ConfigError("data.normalization", "must be 'auto' or 'none' for synthetic data "
+                      f"(used as drawn); got {c.data.normalization!r}")
   if c.data.source == "synthetic" and c.data.rotation_step_degrees != 0:
     raise ConfigError("data.rotation_step_degrees", "must be 0 for synthetic (non-image) data")
   if c.data.source == "synthetic" and c.model.name != "mlp":

@@ -10,6 +10,7 @@ import pytest
 
 from mtsl_jax import config_base
 from mtsl_jax import data
+from mtsl_jax.data import normalization
 from mtsl_jax.data import partition as part
 from mtsl_jax.data import sources
 from mtsl_jax.data import synthetic
@@ -319,6 +320,65 @@ def test_standardizer_images_per_channel_features_per_feature():
   assert z.dtype == np.float32
   np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-5)
   np.testing.assert_allclose(z.std(axis=0), [1, 0], atol=1e-5)
+
+
+# Two uint8 examples of 1 x 2 pixels, one channel: pixel values 0, 102 and 255, 204; in
+# [0, 1] units 0, .4 and 1, .8 (all four: mean .55, variance .1475).
+_IMAGES = np.array([[0, 102], [255, 204]], np.uint8).reshape(2, 1, 2, 1)
+_S = np.sqrt(0.1475)
+# Two float examples of 2 features: 1, 10 and 3, 30.
+_FEATURES = np.array([[1.0, 10.0], [3.0, 30.0]])
+
+
+@pytest.mark.parametrize("x,mode,expected", [
+    (_IMAGES, "none", [[0, 102], [255, 204]]),
+    (_IMAGES, "scale_-1_1", [[-1, -0.2], [1, 0.6]]),  # (x / 255 - 0.5) / 0.5
+    (_IMAGES, "per_channel", [[-0.55 / _S, -0.15 / _S], [0.45 / _S, 0.25 / _S]]),
+    (_IMAGES, "auto", [[-0.55 / _S, -0.15 / _S], [0.45 / _S, 0.25 / _S]]),  # per channel
+    (_IMAGES, "per_pixel", [[-1, -1], [1, 1]]),  # pixel 0: 0, 1; pixel 1: .4, .8
+    (_FEATURES, "none", [[1, 10], [3, 30]]),
+    (_FEATURES, "scale_-1_1", [[-1, -5.5 / 14.5], [-12.5 / 14.5, 1]]),  # min 1, max 30
+    (_FEATURES, "per_pixel", [[-1, -1], [1, 1]]),  # per feature: means 2, 20; stds 1, 10
+    (_FEATURES, "per_channel", [[-1, -1], [1, 1]]),  # the last axis is the feature axis
+    (_FEATURES, "auto", [[-1, -1], [1, 1]]),  # per feature
+])
+def test_normalization_options_by_hand(x, mode, expected):
+  normalizer = normalization.fit(x, mode)
+  z = normalizer.standardize(normalizer.to_unit(x)) if normalizer else x.astype(np.float32)
+  assert z.dtype == np.float32 and z.shape == x.shape
+  np.testing.assert_allclose(z.reshape(2, 2), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_normalization_of_a_constant_input_keeps_it_finite():
+  x = np.full((3, 2), 7.0)
+  for mode in ("scale_-1_1", "per_channel", "per_pixel"):
+    normalizer = normalization.fit(x, mode)
+    np.testing.assert_array_equal(normalizer.standardize(normalizer.to_unit(x)), 0)
+
+
+@pytest.mark.parametrize("mode", normalization.NORMALIZATIONS)
+def test_npz_normalization_uses_train_statistics_for_train_and_test(tmp_path, mode):
+  rng = np.random.default_rng(0)
+  x_train = rng.normal(5, 3, (40, 3))
+  x_test = rng.normal(5, 3, (10, 3))
+  np.savez(tmp_path / "f.npz", x_train=x_train, y_train=np.arange(40) % 2, x_test=x_test,
+           y_test=np.arange(10) % 2)
+  cfg = _data_config(source="npz", npz_path=str(tmp_path / "f.npz"), num_clients=2,
+                     normalization=mode)
+  fed = data.build_federation(cfg, 0)
+  lo, hi = x_train.min(), x_train.max()
+  by_hand = {"none": lambda x: x,
+             "scale_-1_1": lambda x: (x - (lo + hi) / 2) / ((hi - lo) / 2),
+             "per_pixel": lambda x: (x - x_train.mean(0)) / x_train.std(0)}
+  by_hand["auto"] = by_hand["per_channel"] = by_hand["per_pixel"]
+  train_rows = np.concatenate(fed.train_x)
+  test_rows = np.concatenate(fed.test_x)
+  # The partition shuffles the examples; as sets of rows they are the normalized file.
+  for got, raw in ((train_rows, x_train), (test_rows, x_test)):
+    want = by_hand[mode](raw)
+    np.testing.assert_allclose(np.sort(got, axis=0), np.sort(want, axis=0), atol=1e-5)
+  if mode != "auto":
+    assert f"inputs normalized {mode}" in fed.description
 
 
 # ---- synthetic --------------------------------------------------------------------------

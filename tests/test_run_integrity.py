@@ -141,6 +141,7 @@ REFUSED = [
     ("data.label_noise_rate", 0.1),
     ("data.max_examples_per_client", 20),
     ("data.validation_fraction", 0.2),
+    ("data.normalization", "none"),  # a later field, in the fingerprint once changed
     ("split.task_weights", "data_size"),
     ("server_optimizer.weight_decay", 1e-4),
     ("client_optimizer.name", "momentum"),

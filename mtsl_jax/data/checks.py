@@ -1,13 +1,14 @@
 """Checks of a built federation against the experiment config, before anything compiles.
 
 `sources.ArrayDataset.from_arrays` checks raw arrays as they are loaded (label dtypes and
-ranges, finite inputs, an empty train split; `load_npz` also an empty test split). What only the built federation shows is checked
-here by `check_federation`: the float32 inputs the model will see, after standardization,
-rotation and noise (large raw values or a large noise std can overflow float32, and
-Synthetic(alpha, beta) with huge variances draws inputs beyond it); every client's labels
-against its own label space; whether every client has examples to train on and to be
-evaluated on (test, or held-out validation with `data.evaluate_on = 'validation'`); and
-whether the inputs' rank fits `model.name`.
+ranges, finite inputs, an empty train split; `load_npz` also an empty test split, and
+`client_splits.py` each user-given client's arrays). What only the built federation shows
+is checked here by `check_federation`: the float32 inputs the model will see, after
+normalization, rotation and noise (large raw values or a large noise std can overflow
+float32, and Synthetic(alpha, beta) with huge variances draws inputs beyond it); every
+client's labels against its own label space; whether every client has examples to train
+on and to be evaluated on (test, or held-out validation with `data.evaluate_on =
+'validation'`); and whether the inputs' rank fits `model.name`.
 
 Every failure is a `DataError` with a one-line message that starts with the config field
 to change ('federation:' for arrays that do not fit together, which `build_federation`
@@ -17,6 +18,7 @@ train and 10000 test images) is checked in about 10 ms on 2 CPU cores.
 
 import numpy as np
 
+from mtsl_jax.data import client_splits
 from mtsl_jax.data.federation import Federation
 from mtsl_jax.errors import DataError
 
@@ -54,6 +56,8 @@ def _source(data_config) -> str:
   """The config field that names where the examples come from, for messages."""
   if data_config.source == "npz":
     return f"data.npz_path ({data_config.npz_path})"
+  if data_config.source in client_splits.SOURCES:
+    return f"data.client_path ({data_config.client_path})"
   if data_config.source == "tfds":
     return f"data.name ({data_config.name})"
   return "data.synthetic"
@@ -145,10 +149,12 @@ def _overflow_causes(data_config) -> tuple[list[str], list[str]]:
     fields += ["data.synthetic.alpha", "data.synthetic.beta"]
     causes.append(f"the Synthetic({s.alpha:g}, {s.beta:g}) inputs overflow float32: use "
                   "smaller variances (FedProx uses 0 to 1)")
-  elif data_config.source == "npz":
-    fields.append("data.npz_path")
-    causes.append(f"the inputs of {data_config.npz_path} overflow float32 once standardized: "
-                  "rescale them")
+  elif data_config.source == "npz" or data_config.source in client_splits.SOURCES:
+    field, path = (("data.npz_path", data_config.npz_path) if data_config.source == "npz"
+                   else ("data.client_path", data_config.client_path))
+    fields.append(field)
+    causes.append(f"the inputs of {path} overflow float32 once normalized "
+                  f"({data_config.normalization}): rescale them")
   if data_config.feature_noise_std:
     fields.append("data.feature_noise_std")
     causes.append(f"data.feature_noise_std = {data_config.feature_noise_std:g} overflows "

@@ -1,12 +1,13 @@
 """From a data config to per-client arrays: on the host (`Federation`) and on device.
 
 `build_federation` runs the whole host pipeline once, in this order: load the source(s),
-partition the train set, allocate test examples like train, cap train sizes, hold out a
-validation part of each client's train examples (`data.validation_fraction`; with
+partition the train set, allocate test examples like train (user-given client splits,
+`client_splits.py`, skip both: their clients are used as given), cap train sizes, hold
+out a validation part of each client's train examples (`data.validation_fraction`; with
 `data.evaluate_on = 'validation'` it replaces the test set, for tuning), then apply the
-per-client transforms. `to_device` pads the ragged clients into `[M, N_max, ...]`
-arrays, and `sample_batches` draws every client's minibatch on device, so a training step
-never goes back to the host for data.
+per-client transforms and the input normalization (`data.normalization`). `to_device`
+pads the ragged clients into `[M, N_max, ...]` arrays, and `sample_batches` draws every
+client's minibatch on device, so a training step never goes back to the host for data.
 """
 
 import dataclasses
@@ -17,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtsl_jax.data import client_splits
+from mtsl_jax.data import normalization
 from mtsl_jax.data import partition as part
 from mtsl_jax.data import sources
 from mtsl_jax.data import synthetic
@@ -70,7 +73,7 @@ class _RawClient:
   test_x: np.ndarray
   test_y: np.ndarray
   num_classes: int
-  standardizer: sources.Standardizer | None  # None: inputs are used as they are.
+  normalizer: normalization.Standardizer | None  # None: inputs only cast to float32.
 
 
 def build_federation(data_config, seed: int) -> Federation:
@@ -101,6 +104,12 @@ def build_federation(data_config, seed: int) -> Federation:
            for m in range(data_config.num_clients)]
     head = f"synthetic({s.alpha:g}, {s.beta:g})"
     return _finish(raw, data_config, seed, head)
+  if source in client_splits.SOURCES:
+    splits = client_splits.load_client_splits(source, data_config.client_path,
+                                              data_config.num_clients)
+    raw = _raw_clients(splits.dataset, splits.train_parts, splits.test_parts,
+                       data_config.normalization)
+    return _finish(raw, data_config, seed, f"{splits.dataset.name}, given split")
   if source == "tfds":
     names = [n.strip() for n in data_config.name.split(",") if n.strip()]
     if not names:
@@ -109,7 +118,8 @@ def build_federation(data_config, seed: int) -> Federation:
   elif source == "npz":
     datasets = [sources.load_npz(data_config.npz_path)]
   else:
-    raise DataError(f"data.source must be 'synthetic', 'tfds' or 'npz', got {source!r}.")
+    raise DataError("data.source must be 'synthetic', 'tfds', 'npz', "
+                    f"{' or '.join(repr(s) for s in client_splits.SOURCES)}, got {source!r}.")
   return build_federation_from_datasets(datasets, data_config, seed)
 
 
@@ -151,10 +161,7 @@ def build_federation_from_datasets(datasets, data_config, seed: int) -> Federati
     test_parts = part.allocate_test_like_train(
         train_parts, dataset.y_train, dataset.y_test,
         part.derive_rng(seed, _NAMESPACE, _TEST, g))
-    standardizer = dataset.standardizer
-    for tr, te in zip(train_parts, test_parts):
-      raw.append(_RawClient(dataset.x_train[tr], dataset.y_train[tr], dataset.x_test[te],
-                            dataset.y_test[te], dataset.num_classes, standardizer))
+    raw += _raw_clients(dataset, train_parts, test_parts, data_config.normalization)
   scheme = data_config.partition
   if scheme == "dirichlet":
     scheme = f"dirichlet({data_config.dirichlet_alpha:g})"
@@ -162,6 +169,14 @@ def build_federation_from_datasets(datasets, data_config, seed: int) -> Federati
     scheme = f"shards({data_config.classes_per_client} classes/client)"
   head = f"{'+'.join(d.name for d in datasets)}, {scheme}"
   return _finish(raw, data_config, seed, head)
+
+
+def _raw_clients(dataset, train_parts, test_parts, mode: str) -> list[_RawClient]:
+  """One client per (train, test) index array pair of `dataset`, with its normalizer."""
+  normalizer = dataset.normalizer(mode)
+  return [_RawClient(dataset.x_train[tr], dataset.y_train[tr], dataset.x_test[te],
+                     dataset.y_test[te], dataset.num_classes, normalizer)
+          for tr, te in zip(train_parts, test_parts)]
 
 
 def _partition(labels, num_clients, data_config, rng) -> list[np.ndarray]:
@@ -205,8 +220,8 @@ def _finish(raw: list[_RawClient], data_config, seed: int, head: str) -> Federat
       y_tr, y_te = perm[y_tr], perm[y_te]
     y_tr = part.flip_labels(y_tr, label_rate[m], c.num_classes, rng(_LABEL_NOISE))
     angle = m * data_config.rotation_step_degrees
-    x_tr = _prepare_inputs(x_tr, c.standardizer, angle, feature_std[m], rng(_NOISE_TRAIN))
-    x_te = _prepare_inputs(x_te, c.standardizer, angle, feature_std[m], rng(_NOISE_TEST))
+    x_tr = _prepare_inputs(x_tr, c.normalizer, angle, feature_std[m], rng(_NOISE_TRAIN))
+    x_te = _prepare_inputs(x_te, c.normalizer, angle, feature_std[m], rng(_NOISE_TEST))
     train_x.append(x_tr)
     test_x.append(x_te)
     train_y.append(y_tr.astype(np.int32))
@@ -219,17 +234,19 @@ def _finish(raw: list[_RawClient], data_config, seed: int, head: str) -> Federat
       description=_describe(head, num_clients, data_config))
 
 
-def _prepare_inputs(x, standardizer, angle, noise_std, rng) -> np.ndarray:
-  """Raw -> float32: rotate in pixel space (where 0 is black), standardize, add noise."""
-  x = standardizer.to_unit(x) if standardizer else x.astype(np.float32, copy=False)
+def _prepare_inputs(x, normalizer, angle, noise_std, rng) -> np.ndarray:
+  """Raw -> float32: rotate in pixel space (where 0 is black), normalize, add noise."""
+  x = normalizer.to_unit(x) if normalizer else x.astype(np.float32, copy=False)
   x = part.rotate_images(x, angle)
-  if standardizer:
-    x = standardizer.standardize(x)
+  if normalizer:
+    x = normalizer.standardize(x)
   return part.add_feature_noise(x, noise_std, rng)
 
 
 def _describe(head: str, num_clients: int, data_config) -> str:
   items = [head, f"{num_clients} clients"]
+  if data_config.normalization != "auto" and data_config.source != "synthetic":
+    items.append(f"inputs normalized {data_config.normalization}")
   if data_config.max_examples_per_client > 0:
     items.append(f"<= {data_config.max_examples_per_client} train examples/client")
   if data_config.validation_fraction > 0:

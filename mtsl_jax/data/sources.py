@@ -1,8 +1,10 @@
-"""Whole datasets loaded once into host numpy, and their float32 preprocessing.
+"""Whole datasets loaded once into host numpy, before any partitioning.
 
 A source is read completely into memory as an `ArrayDataset` (raw dtypes: images stay
 uint8), before any partitioning. Everything downstream (partitioners, transforms, the
 device copy) works on these arrays, so the input pipeline has no per-step host work.
+Their float32 preprocessing (`data.normalization`) is fitted per dataset here and defined
+in `normalization.py`.
 
 TFDS datasets are read with `tfds.data_source`, which needs the dataset prepared in
 array_record format and never touches the network here (`download=False`).
@@ -17,6 +19,7 @@ import zipfile
 import numpy as np
 
 from mtsl_jax import errors
+from mtsl_jax.data import normalization
 
 # Datasets `load_tfds` knows how to read: name -> (image feature, label feature).
 # CIFAR-100 uses its fine labels ('label'), not 'coarse_label'.
@@ -35,6 +38,7 @@ TFDS_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100":
 
 
 DataError = errors.DataError  # defined in `errors.py`; public here and as `data.DataError`
+Standardizer = normalization.Standardizer  # defined in `normalization.py`; public here too
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # Arrays have no boolean ==.
@@ -55,15 +59,24 @@ class ArrayDataset:
   y_test: np.ndarray
   num_classes: int
   name: str
+  # normalization mode -> fitted normalizer (see `normalizer`); not part of the data.
+  _normalizers: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
-  @functools.cached_property
-  def standardizer(self) -> "Standardizer":
-    """Statistics of x_train, fitted once per dataset object (seconds for 60000 images).
+  def normalizer(self, mode: str = "auto") -> Standardizer | None:
+    """The `data.normalization` map fitted on x_train, once per dataset object and mode.
 
-    Datasets from `load_tfds` are cached, so runs after the first in a process (seeds,
-    sweeps, the comparison) reuse the fit.
+    Fitting takes seconds for 60000 images; datasets from `load_tfds` are cached, so runs
+    after the first in a process (seeds, sweeps, the comparison) reuse the fit.
+
+    Args:
+      mode: one of normalization.NORMALIZATIONS.
+
+    Returns:
+      The fitted Standardizer, or None for 'none' (inputs only cast to float32).
     """
-    return Standardizer.fit(self.x_train)
+    if mode not in self._normalizers:
+      self._normalizers[mode] = normalization.fit(self.x_train, mode)
+    return self._normalizers[mode]
 
   @classmethod
   def from_arrays(cls, name: str, x_train, y_train, x_test, y_test) -> "ArrayDataset":
@@ -95,21 +108,7 @@ class ArrayDataset:
     arrays = dict(x_train=np.asarray(x_train), y_train=np.asarray(y_train),
                   x_test=np.asarray(x_test), y_test=np.asarray(y_test))
     for split in ("train", "test"):
-      x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-      _check_raw_labels(name, split, y)
-      if x.ndim < 2:
-        raise DataError(f"{name}: x_{split} must have shape [N, ...features], got {x.shape}.")
-      if x.shape[0] != y.shape[0]:
-        raise DataError(f"{name}: x_{split} has {x.shape[0]} examples but y_{split} has "
-                        f"{y.shape[0]}.")
-      if x.dtype.kind not in "uif":
-        raise DataError(f"{name}: x_{split} must be numeric (integer or float), got dtype "
-                        f"{x.dtype}.")
-      if math.prod(x.shape[1:]) == 0:
-        raise DataError(f"{name}: x_{split} has shape {x.shape}: every example needs at "
-                        "least one feature.")
-      if x.dtype.kind == "f" and x.size:
-        _check_raw_inputs(name, split, x)
+      check_split_arrays(name, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
       raise DataError(f"{name}: train inputs have shape {arrays['x_train'].shape[1:]} but "
                       f"test inputs {arrays['x_test'].shape[1:]}.")
@@ -129,6 +128,36 @@ class ArrayDataset:
     return cls(x_train=arrays["x_train"], y_train=arrays["y_train"].astype(np.int64),
                x_test=arrays["x_test"], y_test=arrays["y_test"].astype(np.int64),
                num_classes=top + 1, name=name)
+
+
+def check_split_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray) -> None:
+  """Checks one split's raw inputs and labels on their own (see `ArrayDataset.from_arrays`).
+
+  Args:
+    name: the dataset's (or client file's) name, for messages.
+    split: 'train' or 'test', for messages (`x_train`, `y_test`, ...).
+    x: [N, ...] raw inputs.
+    y: [N] raw labels.
+
+  Raises:
+    DataError: labels that are not integers, not a vector, negative or beyond int64;
+      inputs that are not numeric, lack an example axis or any feature, do not match the
+      labels' count, or hold NaN, inf or values beyond float32's range.
+  """
+  _check_raw_labels(name, split, y)
+  if x.ndim < 2:
+    raise DataError(f"{name}: x_{split} must have shape [N, ...features], got {x.shape}.")
+  if x.shape[0] != y.shape[0]:
+    raise DataError(f"{name}: x_{split} has {x.shape[0]} examples but y_{split} has "
+                    f"{y.shape[0]}.")
+  if x.dtype.kind not in "uif":
+    raise DataError(f"{name}: x_{split} must be numeric (integer or float), got dtype "
+                    f"{x.dtype}.")
+  if math.prod(x.shape[1:]) == 0:
+    raise DataError(f"{name}: x_{split} has shape {x.shape}: every example needs at "
+                    "least one feature.")
+  if x.dtype.kind == "f" and x.size:
+    _check_raw_inputs(name, split, x)
 
 
 def _check_raw_labels(name: str, split: str, y: np.ndarray) -> None:
@@ -180,19 +209,8 @@ def load_npz(path: str) -> ArrayDataset:
     DataError: for a missing or unreadable file, a missing array, bad shapes, labels or
       values (see `ArrayDataset.from_arrays`), or an empty test split.
   """
-  if not path or not os.path.isfile(path):
-    raise DataError(f"data.npz_path: no file at {path!r}.")
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
-      if missing:
-        raise DataError(f"data.npz_path: {path} lacks array(s) {', '.join(missing)}; it "
-                        f"has {', '.join(npz.files) or 'none'}.")
-      arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # Corrupt or pickled.
-    raise DataError(f"data.npz_path: cannot read {path} as .npz: {e}") from e
-  name = os.path.basename(path)
-  name = name[:-4] if name.endswith(".npz") else name
+  arrays = read_npz(path, ("x_train", "y_train", "x_test", "y_test"), "data.npz_path")
+  name = npz_name(path)
   try:
     dataset = ArrayDataset.from_arrays(name, **arrays)
   except DataError as e:  # say which file and which config field
@@ -203,6 +221,39 @@ def load_npz(path: str) -> ArrayDataset:
     raise DataError(f"data.npz_path: {path}: the test split is empty (x_test and y_test hold "
                     "0 examples); it needs at least one test example per client.")
   return dataset
+
+
+def read_npz(path: str, keys, field: str) -> dict[str, np.ndarray]:
+  """Reads the arrays `keys` of an .npz file (no pickles); other arrays are ignored.
+
+  Args:
+    path: the .npz file.
+    keys: the names of the arrays it must hold.
+    field: the config field that named the file, for messages.
+
+  Returns:
+    {key: array}.
+
+  Raises:
+    DataError: a missing or unreadable file, or a missing array, naming `field`.
+  """
+  if not path or not os.path.isfile(path):
+    raise DataError(f"{field}: no file at {path!r}.")
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      missing = [k for k in keys if k not in npz.files]
+      if missing:
+        raise DataError(f"{field}: {path} lacks array(s) {', '.join(missing)}; it "
+                        f"has {', '.join(npz.files) or 'none'}.")
+      return {k: npz[k] for k in keys}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # Corrupt or pickled.
+    raise DataError(f"{field}: cannot read {path} as .npz: {e}") from e
+
+
+def npz_name(path: str) -> str:
+  """A file's name without its directory and '.npz', for descriptions and messages."""
+  name = os.path.basename(os.path.normpath(path))
+  return name[:-4] if name.endswith(".npz") else name
 
 
 def _preparation_hint(name: str, root: str, searched: str) -> str:
@@ -367,52 +418,3 @@ def load_tfds(name: str, data_dir: str = "") -> ArrayDataset:
   for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
     array.setflags(write=False)  # shared through the cache: nobody may write to it
   return dataset
-
-
-# ---- preprocessing to float32 ----------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # Arrays have no boolean ==.
-class Standardizer:
-  """Maps raw inputs to float32 with statistics fitted on one train set.
-
-  uint8 inputs are images: scaled to [0, 1], then standardized per channel (last axis).
-  Other inputs are features: standardized per feature. Scaling (`to_unit`) and
-  standardizing (`standardize`) are separate so that geometric transforms can run in
-  pixel space, where zero is black, between the two.
-
-  Attributes:
-    is_image: whether the raw inputs were uint8.
-    mean: broadcastable to one example.
-    std: broadcastable to one example, zeros replaced by 1.
-  """
-  is_image: bool
-  mean: np.ndarray
-  std: np.ndarray
-
-  @classmethod
-  def fit(cls, x_train: np.ndarray) -> "Standardizer":
-    """Fits the statistics on a raw train set [N, ...]."""
-    is_image = x_train.dtype == np.uint8
-    x = _to_unit(x_train, is_image)
-    # float64 accumulation: float32 sums over ~1e8 pixels lose digits.
-    axes = tuple(range(x.ndim - 1)) if is_image else (0,)
-    mean = x.mean(axis=axes, dtype=np.float64)
-    std = x.std(axis=axes, dtype=np.float64)
-    # A constant feature (e.g. an always-black border pixel) would divide by zero.
-    std = np.where(std > 1e-8, std, 1.0)
-    return cls(is_image=is_image, mean=mean.astype(np.float32), std=std.astype(np.float32))
-
-  def to_unit(self, x: np.ndarray) -> np.ndarray:
-    """Raw -> float32; images scaled to [0, 1]."""
-    return _to_unit(x, self.is_image)
-
-  def standardize(self, x_unit: np.ndarray) -> np.ndarray:
-    """Output of `to_unit` -> zero mean, unit std under the train statistics."""
-    return ((x_unit - self.mean) / self.std).astype(np.float32, copy=False)
-
-
-def _to_unit(x: np.ndarray, is_image: bool) -> np.ndarray:
-  if is_image:
-    return x.astype(np.float32) / np.float32(255.0)
-  return x.astype(np.float32, copy=False)
