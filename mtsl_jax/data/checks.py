@@ -1,7 +1,8 @@
 """Checks of a built federation against the experiment config, before anything compiles.
 
 `sources.ArrayDataset.from_arrays` checks raw arrays as they are loaded (label dtypes and
-ranges, finite inputs, an empty train split; `load_npz` also an empty test split). What only the built federation shows is checked
+ranges, finite inputs, an empty train split; `load_npz` also an empty test split).
+What only the built federation shows is checked
 here by `check_federation`: the float32 inputs the model will see, after standardization,
 rotation and noise (large raw values or a large noise std can overflow float32, and
 Synthetic(alpha, beta) with huge variances draws inputs beyond it); every client's labels
