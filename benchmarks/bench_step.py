@@ -591,10 +591,12 @@ TABLE_HEADER = (
 def markdown(results: dict) -> str:
   """The results block of RESULTS.md: machine, command, table, scaling in M."""
   m = results["machine"]
+  omp = (f", OMP_WAIT_POLICY={results['omp_wait_policy']}"
+         if results.get("omp_wait_policy") else "")
   lines = [f"Machine: {m['processor']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB; "
            f"{m['platform']}; JAX {m['jax']} ({m['backend']}, {m['device']}); PyTorch "
            f"{results['torch_version'] or 'not installed (torch loop column skipped)'}"
-           f"{', OMP_WAIT_POLICY=' + results['omp_wait_policy'] if results.get('omp_wait_policy') else ''}; "
+           f"{omp}; "
            f"{m['date']}. Load average (1, 5, 15 min) before: "
            f"{', '.join(f'{x:.2f}' for x in results.get('load_average_at_start', []))}; "
            f"after: {', '.join(f'{x:.2f}' for x in m['load_average_at_end'])}.", "",
@@ -605,7 +607,8 @@ def markdown(results: dict) -> str:
     ok = sorted((r for r in results["rows"] if r["model"] == model and "error" not in r
                  and r["conv_impl"] == "auto" and r.get("devices", 1) == 1),
                 key=lambda r: r["clients"])
-    pairs = [f"M={a['clients']}→{b['clients']}: ×{b['vmapped_s_per_step'] / a['vmapped_s_per_step']:.1f}"
+    pairs = [f"M={a['clients']}→{b['clients']}: "
+             f"×{b['vmapped_s_per_step'] / a['vmapped_s_per_step']:.1f}"
              f" (M ×{b['clients'] / a['clients']:.0f})" for a, b in zip(ok, ok[1:])]
     if pairs:
       lines.append(f"* {model}: " + "; ".join(pairs))

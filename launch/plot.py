@@ -1,41 +1,14 @@
-"""Compare runs: `python launch/plot.py --workdirs workdirs/a,workdirs/b --out figs/cmp`.
+"""`python launch/plot.py`: mtsl_jax/cli/plot.py's command from a clone (`--help`).
 
-Writes figs/cmp.png and figs/cmp.pdf: mean per-task test accuracy against steps, bytes
-transmitted and wall time, and the final per-task accuracies. Labels come from each run's
-config.json unless --labels is given.
+Installed by pip as `mtsl-plot`.
 """
 
 import pathlib
 import sys
 
-from absl import app
-from absl import flags
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-# pylint: disable=wrong-import-position
-from mtsl_jax import plotting
-
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories, comma-separated.")
-_LABELS = flags.DEFINE_list("labels", None, "One label per run (default: from config).")
-_OUT = flags.DEFINE_string("out", "figures/comparison", "Output path (no extension).")
-
-
-def main(argv):
-  del argv
-  if not _WORKDIRS.value:
-    print("error: --workdirs is required", file=sys.stderr)
-    return 2
-  if _LABELS.value and len(_LABELS.value) != len(_WORKDIRS.value):
-    print("error: --labels needs one label per workdir", file=sys.stderr)
-    return 2
-  try:
-    written = plotting.plot_runs(_WORKDIRS.value, _OUT.value, _LABELS.value)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print("\n".join(str(p) for p in written))
-  return 0
-
+# Light (standard library): the command's heavy imports wait for its signal handler.
+from mtsl_jax.cli import commands  # pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
-  app.run(main)
+  commands.plot()

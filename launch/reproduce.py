@@ -1,87 +1,14 @@
-"""Reproduce the paper's comparison (MTSL vs FedAvg, FedEM, SplitFed, FedRep, local, central).
+"""`python launch/reproduce.py`: mtsl_jax/cli/reproduce.py's command from a clone (`--help`).
 
-  python launch/reproduce.py --tfds_data_dir=../shared/tfds          # the CPU suite
-  python launch/reproduce.py --phases=report                         # only the report
-
-Phases: tune (learning rate per dataset and method on a validation split), main (every
-heterogeneity setting, 3 seeds vmapped), noise (feature and label noise), report
-(results/REPORT.md and its figures from results/runs.jsonl). Every finished run is one line
-of results/runs.jsonl, so an interrupted reproduction resumes where it stopped and a rerun
-with nothing left to do just rewrites the report. The grid (datasets, settings, methods,
-budget, learning-rate grid, noise levels) is mtsl_jax/comparison/grid.py.
-
-Default datasets are the CPU suite (MNIST, Fashion-MNIST and their mixture); on a GPU add
-`--datasets=cifar10,cifar100` with a TFDS data_dir that holds them.
+Installed by pip as `mtsl-reproduce`.
 """
 
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-# A signal while importing or parsing flags exits with 128 + N and one line.
-from mtsl_jax import signals  # pylint: disable=wrong-import-position  (standard library only)
-signals.install_early_exit()
-
-from absl import app
-from absl import flags
-
-# pylint: disable=wrong-import-position
-from mtsl_jax import config_files, exit_codes
-from mtsl_jax.comparison import analysis, grid, records, report, runner
-
-_CPU = [name for name, spec in grid.DATASETS.items() if spec.where == "cpu"]
-_PHASES = flags.DEFINE_list("phases", ["tune", "main", "noise", "report"],
-                            "Which phases to run, in order.")
-_DATASETS = flags.DEFINE_list("datasets", _CPU, f"Datasets: any of {list(grid.DATASETS)}.")
-_METHODS = flags.DEFINE_list("methods", list(grid.METHODS), "Methods to compare.")
-_NOISE_DATASET = flags.DEFINE_string("noise_dataset", "mnist",
-                                     "Dataset of the noise phase ('' to skip it).")
-_RESULTS = flags.DEFINE_string("results", "results/runs.jsonl", "Run records (JSONL).")
-_REPORT = flags.DEFINE_string("report", "results/REPORT.md", "The report to write.")
-_SCRATCH = flags.DEFINE_string("scratch", "workdirs/reproduce", "Per-run workdirs.")
-_TFDS = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir ('' = TFDS's default).")
-_NPZ = flags.DEFINE_string("npz_dir", "../shared/datasets", "Directory of npz datasets.")
-_BUDGET = flags.DEFINE_integer("budget_steps", None,
-                               "Override every dataset's budget of client steps (tests).")
-
-
-def _reproduce() -> None:
-  phases = set(_PHASES.value)
-  noise_dataset = _NOISE_DATASET.value or None
-  runs = runner.preflight(_DATASETS.value, _METHODS.value, noise_dataset, _BUDGET.value)
-  paths = runner.Paths(results=pathlib.Path(_RESULTS.value), scratch=pathlib.Path(_SCRATCH.value),
-                       tfds_data_dir=_TFDS.value, npz_dir=_NPZ.value)
-  if phases - {"report"}:
-    print(f"reproduce: up to {runs} runs; records in {paths.results}", flush=True)
-  lrs = analysis.tuned_learning_rates(records.ResultsFile(paths.results).load())
-  if "tune" in phases:
-    lrs = runner.run_tuning(paths, _DATASETS.value + ([noise_dataset] if noise_dataset and
-                                                      noise_dataset not in _DATASETS.value
-                                                      else []),
-                            _METHODS.value, _BUDGET.value)
-  if "main" in phases:
-    runner.run_main(paths, _DATASETS.value, _METHODS.value, lrs, budget_steps=_BUDGET.value)
-  if "noise" in phases and noise_dataset:
-    runner.run_noise(paths, noise_dataset, _METHODS.value, lrs, budget_steps=_BUDGET.value)
-  if "report" in phases:
-    report.write_report(paths.results, pathlib.Path(_REPORT.value))
-    print(f"reproduce: wrote {_REPORT.value}", flush=True)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  unknown = set(_PHASES.value) - {"tune", "main", "noise", "report"}
-  if unknown:
-    print(f"error: --phases: unknown {sorted(unknown)}; allowed: tune, main, noise, report",
-          file=sys.stderr)
-    return 2
-  if not flags.FLAGS["verbosity"].present:
-    exit_codes.quiet_library_logs()  # warnings and up; orbax logs every file at INFO
-  return exit_codes.run_reporting_errors(_reproduce)
-
+# Light (standard library): the command's heavy imports wait for its signal handler.
+from mtsl_jax.cli import commands  # pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
-  # Failed runs end with os._exit (exit_codes.exit_process): nothing may hang on exit.
-  app.run(lambda argv: exit_codes.exit_process(main(argv)),
-          flags_parser=config_files.parse_flags)
+  commands.reproduce()

@@ -1,58 +1,14 @@
-"""Run a sweep: `python launch/sweep.py --sweep configs/sweeps/lr_synthetic.py --dir DIR`.
+"""`python launch/sweep.py`: mtsl_jax/cli/sweep.py's command from a clone (`--help`).
 
-The sweep file defines `get_config()` (the base experiment) and `get_sweep()` (field ->
-list of values; 'seed' included). Rerunning the same command skips finished runs and
-resumes interrupted ones. DIR/summary.csv holds one row per run. `--vmap_seeds` trains
-the seeds of otherwise equal combinations as one vmapped program (see mtsl_jax/seed_batch.py;
-seeds that cannot share a program run one after another); results match, to float rounding.
+Installed by pip as `mtsl-sweep`.
 """
 
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-# A signal while importing or parsing flags exits with 128 + N and one line.
-from mtsl_jax import signals  # pylint: disable=wrong-import-position  (standard library only)
-signals.install_early_exit()
-
-from absl import app
-from absl import flags
-
-# pylint: disable=wrong-import-position
-from mtsl_jax import config_files, exit_codes, sweeps
-
-_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file with get_config() and get_sweep().")
-_DIR = flags.DEFINE_string("dir", None, "Sweep directory (default workdirs/sweeps/<name>).")
-_VMAP_SEEDS = flags.DEFINE_bool("vmap_seeds", False,
-                                "Train the seeds of each combination as one vmapped program.")
-
-
-def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    exit_codes.quiet_library_logs()  # warnings and up; orbax logs every file at INFO
-  if not _SWEEP.value:
-    print("error: --sweep must name a sweep file, e.g. --sweep configs/sweeps/lr_synthetic.py",
-          file=sys.stderr)
-    return 2
-  loaded = []  # (config, sweep); a bad file is one line naming it (config_files)
-  status = exit_codes.run_reporting_errors(
-      lambda: loaded.append(config_files.load_sweep_file(_SWEEP.value)))
-  if status:
-    return status
-  (config, sweep), = loaded
-  sweep_dir = _DIR.value or f"workdirs/sweeps/{pathlib.Path(_SWEEP.value).stem}"
-  rows = []
-  status = exit_codes.run_reporting_errors(lambda: rows.extend(
-      sweeps.run_sweep(config, sweep, sweep_dir, vmap_seeds=_VMAP_SEEDS.value)))
-  if status:
-    return status
-  best = sweeps.best_run(rows)
-  print(f"{len(rows)} runs; summary: {sweep_dir}/summary.csv\nbest: {best}")
-  return 0
-
+# Light (standard library): the command's heavy imports wait for its signal handler.
+from mtsl_jax.cli import commands  # pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
-  # Failed runs end with os._exit (exit_codes.exit_process): nothing may hang on exit.
-  app.run(lambda argv: exit_codes.exit_process(main(argv)),
-          flags_parser=config_files.parse_flags)
+  commands.sweep()

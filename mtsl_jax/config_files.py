@@ -8,6 +8,9 @@ is loaded or anything compiles.
 
   load_config_file(spec)       'path.py' or 'path.py:arg' -> the locked ConfigDict its
                                get_config() returns, fields and types checked
+  find_config_file(path)       where a path names a file: as given (relative to the
+                               working directory), else 'configs/...' in the project's
+                               own configs (a clone's, or those installed with the package)
   load_sweep_file(path)        (get_config(), get_sweep()) of a sweep file
   apply_overrides(config, d)   {dotted field: value} through
                                ConfigDict.update_from_flattened_dict
@@ -59,11 +62,58 @@ def _raised(error: BaseException, path: str, doing: str) -> ConfigFileError:
   return ConfigFileError(path, f"{where}{doing} raised {type(error).__name__}: {message}")
 
 
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+
+
+def bundled_configs_dir() -> pathlib.Path | None:
+  """The project's `configs/` directory, wherever the package runs from.
+
+  Returns:
+    `mtsl_jax/configs` in an installed package (the wheel ships configs/ there), else
+    `configs/` beside the package in a clone (or an editable install of one); None when
+    neither exists.
+  """
+  installed = _PACKAGE / "configs"
+  if installed.is_dir():
+    return installed
+  clone = _PACKAGE.parent
+  # pyproject.toml marks a source tree: a site-packages/configs is some other project's.
+  if (clone / "configs").is_dir() and (clone / "pyproject.toml").is_file():
+    return clone / "configs"
+  return None
+
+
+def find_config_file(path: str) -> str:
+  """Where a config or sweep file named on the command line is.
+
+  `--config configs/default.py` then works from any directory and from an installed
+  package: a path that exists as given (relative to the working directory) wins, and a
+  relative 'configs/...' that does not is looked up in `bundled_configs_dir()`.
+
+  Args:
+    path: the path as given.
+
+  Returns:
+    The path to read: `path` itself, or the bundled file; `path` unchanged when neither
+    exists (the loader then reports it missing).
+  """
+  given = pathlib.Path(path)
+  if given.exists() or given.is_absolute() or given.parts[:1] != ("configs",):
+    return path
+  configs = bundled_configs_dir()
+  if configs is not None and configs.joinpath(*given.parts[1:]).exists():
+    return str(configs.joinpath(*given.parts[1:]))
+  return path
+
+
 def _load_module(path: str):
   """Executes the Python file at `path` as a fresh module; ConfigFileError on failure."""
   file = pathlib.Path(path)
   if not file.exists():
-    raise ConfigFileError(path, "no such file")
+    configs = bundled_configs_dir()
+    where = (f" (nor in the project's configs, {configs})"
+             if configs is not None and file.parts[:1] == ("configs",) else "")
+    raise ConfigFileError(path, f"no such file{where}")
   if not file.is_file():
     raise ConfigFileError(path, "not a file (a config file is a .py file defining get_config())")
   # A SourceFileLoader reads any file name as Python source, as config_flags does.
@@ -120,7 +170,8 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """The config a config file's `get_config()` returns, locked and schema-checked.
 
   Args:
-    spec: the file's path; as with config_flags, 'path.py:arg' calls get_config('arg').
+    spec: the file's path (see `find_config_file`); as with config_flags, 'path.py:arg'
+      calls get_config('arg').
 
   Returns:
     The locked ConfigDict (every field of `config_base.base_config()`, of its type).
@@ -131,6 +182,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
       the schema's fields and types.
   """
   path, *args = spec.split(":", 1)
+  path = find_config_file(path)
   return _config_from(_load_module(path), path, args)
 
 
@@ -232,7 +284,7 @@ def load_sweep_file(path: str) -> tuple[ml_collections.ConfigDict, dict[str, lis
   """A sweep file's base config (`get_config()`) and sweep (`get_sweep()`).
 
   Args:
-    path: the sweep file.
+    path: the sweep file (see `find_config_file`).
 
   Returns:
     (config, sweep): the locked, schema-checked base config and {field: list of values}.
@@ -243,6 +295,7 @@ def load_sweep_file(path: str) -> tuple[ml_collections.ConfigDict, dict[str, lis
     validation.ConfigError: a swept field that does not exist (with the closest known
       one), or a value that is a bool for a number or a numpy scalar.
   """
+  path = find_config_file(path)
   module = _load_module(path)
   config = _config_from(module, path)
   sweep = _call(module, path, "get_sweep")

@@ -125,9 +125,9 @@ def differences(saved: dict, current: dict) -> list[str]:
     One string per differing entry (empty when they match).
   """
   if saved.get("version") != current.get("version"):
+    records = (f"version {saved.get('version')}" if "version" in saved else "an older form")
     return [f"fingerprint version: the checkpoint was written by a version of mtsl_jax "
-            f"that records {'version ' + str(saved.get('version')) if 'version' in saved else 'an older form'}"
-            f", this one version {current.get('version')}"]
+            f"that records {records}, this one version {current.get('version')}"]
   out = []
   for key in sorted(set(saved) | set(current)):
     a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")

@@ -283,7 +283,7 @@ def test_fedem_components_take_responsibility_weighted_steps_then_are_averaged()
   grad = jax.jit(jax.grad(weighted_loss), static_argnums=(1,))
   expected = []
   for c in range(2):
-    local = [sgd(lambda p, m=m: grad(p, c, m, q[m, c]), client_row(components, c), lr, k)
+    local = [sgd(lambda p, m=m, c=c: grad(p, c, m, q[m, c]), client_row(components, c), lr, k)
              for m in range(3)]
     expected.append(weighted_tree_mean(local, run.weights))
   expected = jax.tree.map(lambda *leaves: np.stack(leaves), *expected)

@@ -36,7 +36,7 @@ def _config(orientation="u_shaped", groups=(), implementation="fused"):
   return config
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _federation():
   """The test config's federation (the same for every cut and width) and its train data."""
   config = _config()

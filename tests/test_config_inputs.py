@@ -20,8 +20,9 @@ import pytest
 from mtsl_jax import config_files, sweeps, validation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.py"))
-SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.py"))
+# Not the packages' __init__.py (configs/ installs as mtsl_jax.configs).
+CONFIGS = sorted((ROOT / "configs").glob("[!_]*.py"))
+SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("[!_]*.py"))
 
 _BASE = "from mtsl_jax import config_base\n"
 

@@ -17,6 +17,7 @@ own layer and of lower ones:
   8. studies       smoothness, lr_grid, lr_study: tools on the MTSL problem (the grid
                    trains through the loop).
   9. experiments   sweeps, plotting, comparison/.
+ 10. commands      cli/: the command-line programs (launch/*.py, the console scripts).
 
 Imports are read with `ast` from the source (any depth: inside functions too), so the
 check needs nothing imported. Importing `mtsl_jax.a.b` also runs the package `mtsl_jax.a`,
@@ -48,6 +49,7 @@ LAYERS = (
     ("runs", ("loop", "replicas", "train", "seed_batch")),
     ("studies", ("smoothness", "lr_grid", "lr_study")),
     ("experiments", ("sweeps", "plotting", "comparison/")),
+    ("commands", ("cli/",)),
 )
 
 

@@ -77,7 +77,8 @@ def test_the_setup_cells_install_from_repo_url_outside_a_checkout(tmp_path):
                             text=True, timeout=300, check=False)
       if repo_url:
         assert proc.returncode == 0, proc.stderr
-        assert "PIP install -q mtsl_jax[notebooks] @ git+https://example.org/mtsl_jax.git" in proc.stdout
+        want = "PIP install -q mtsl_jax[notebooks] @ git+https://example.org/mtsl_jax.git"
+        assert want in proc.stdout
         assert "runtime: CPU" in proc.stdout
       else:
         assert proc.returncode != 0 and "set repo_url" in proc.stderr

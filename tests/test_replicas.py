@@ -61,7 +61,7 @@ def grid(tmp_path_factory):
 
 
 def test_grid_points_equal_their_separate_runs(grid):
-  for g, single in enumerate(grid["singles"]):
+  for g in range(len(grid["singles"])):  # each point's separate run wrote single{g}
     records = metric_writers.read_metrics(grid["root"] / f"single{g}")
     loss = [r["loss"] for r in records if "loss" in r]
     acc = [r["test/accuracy_mean"] for r in records if "test/accuracy_mean" in r]

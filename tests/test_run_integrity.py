@@ -14,13 +14,12 @@ import subprocess
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from mtsl_jax import checkpointing, data, fingerprint, loop, metric_writers, optimizers
+from mtsl_jax import checkpointing, fingerprint, loop, metric_writers, optimizers
 from mtsl_jax import signals, train, validation, workdir
 from mtsl_jax.config_base import optimizer_config
 from tests.test_reliability import _cmd, _run, _start, _wait_for

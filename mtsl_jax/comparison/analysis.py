@@ -135,7 +135,8 @@ def tuned_learning_rates(all_records: list[dict]) -> dict[tuple[str, str], float
       continue
     key = (r["dataset"], r["method"])
     score = -1.0 if r["final"] is None else r["final"]["accuracy_mean"]  # diverged: last
-    if key not in best or score > best[key][0] or (score == best[key][0] and r["lr"] < best[key][1]):
+    if (key not in best or score > best[key][0]
+        or (score == best[key][0] and r["lr"] < best[key][1])):
       best[key] = (score, r["lr"])
   return {k: lr for k, (_, lr) in best.items()}
 

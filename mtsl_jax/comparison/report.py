@@ -198,7 +198,8 @@ def _setup(all_records: Sequence[dict]) -> list[str]:
            f"- Learning rate: grid {list(grid.LR_GRID)} for every method (both sides of the "
            "split methods; the clients of the federated methods, whose server step is plain "
            "averaging), tuned per dataset and method on the validation split of the tuning "
-           "setting, seed 0.", "", "| dataset | data | model | setting for tuning | budget (client steps) |",
+           "setting, seed 0.", "",
+           "| dataset | data | model | setting for tuning | budget (client steps) |",
            "|---|---|---|---|---|"]
   for d in datasets:
     spec = grid.DATASETS[d]

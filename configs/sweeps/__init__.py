@@ -1,0 +1,1 @@
+"""Sweep files: `get_config()` (the base experiment) and `get_sweep()` (field -> values)."""
