@@ -43,6 +43,7 @@ RESUMABLE_FIELDS = {
 LATER_FIELDS = {
     "server_optimizer.learning_rate_in_state": False,
     "client_optimizer.learning_rate_in_state": False,
+    "fl.local_epochs": 0,
 }
 
 
