@@ -141,6 +141,11 @@ def base_config() -> ml_collections.ConfigDict:
   # batch_size does not divide n_m); fl.local_steps is then unused. fedavg, fedrep (its
   # body steps; the head takes fl.fedrep_head_steps), fedem, splitfed_v1/v2.
   c.fl.local_epochs = 0
+  # Weights of the FedAvg family's averages (fedavg, fedrep, fedem: the clients' models;
+  # splitfed_v1/v2: the client-side models and v1's server-side copies), renormalized over
+  # the sampled clients: 'data_size' (n_m / Σ n, standard FedAvg) or 'uniform' (1/M).
+  # split.task_weights stays the weights of MTSL's (and centralized's) objective.
+  c.fl.aggregation_weights = "data_size"
   # Fraction of the clients sampled per round; S = max(1, round(fraction * M)) clients,
   # uniformly without replacement. The ledger reports expected bytes per client.
   c.fl.client_fraction = 1.0

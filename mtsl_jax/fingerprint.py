@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from mtsl_jax import methods
+
 # Bumped when the fingerprint's form changes; older checkpoints are then refused with a
 # message saying so rather than a list of every field as "absent".
 VERSION = 2
@@ -37,13 +39,26 @@ RESUMABLE_FIELDS = {
     "data.npz_path": "where the data are read from (the data digest guards their content)",
 }
 
-# Fields added after fingerprints were first written, with the default that reproduces
-# the earlier behaviour: left out of the fingerprint at that default, so checkpoints from
-# before the field existed still resume.
+
+def _earlier_aggregation_weights(config: ml_collections.ConfigDict) -> str:
+  """The `fl.aggregation_weights` that computes what runs did before the field existed.
+
+  The FedAvg family averaged with `split.task_weights` then; the other methods never
+  read the field, so for them any value reproduces their earlier runs.
+  """
+  if config.algorithm in methods.ROUND_ALGORITHMS:
+    return config.split.task_weights
+  return config.fl.aggregation_weights
+
+
+# Fields added after fingerprints were first written, with the value that reproduces the
+# earlier behaviour (or a function of the config giving it): left out of the fingerprint
+# at that value, so checkpoints from before the field existed still resume.
 LATER_FIELDS = {
     "server_optimizer.learning_rate_in_state": False,
     "client_optimizer.learning_rate_in_state": False,
     "fl.local_epochs": 0,
+    "fl.aggregation_weights": _earlier_aggregation_weights,
 }
 
 
@@ -105,8 +120,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, digest: str, **extra) -> 
   fields = flatten(config)
   for name in RESUMABLE_FIELDS:
     fields.pop(name, None)
-  for name, default in LATER_FIELDS.items():
-    if fields.get(name) == default:
+  for name, earlier in LATER_FIELDS.items():
+    if fields.get(name) == (earlier(config) if callable(earlier) else earlier):
       fields.pop(name)
   if constant_schedules(config):
     fields.pop("num_steps")

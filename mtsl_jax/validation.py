@@ -35,6 +35,7 @@ TFDS_DATASETS = tuple(sources.TFDS_FEATURES)
 PARTITIONS = ("iid", "dirichlet", "shards")
 NOISE_PROFILES = ("constant", "linear")
 TASK_WEIGHTS = ("uniform", "data_size")
+AGGREGATION_WEIGHTS = ("data_size", "uniform")
 IMPLEMENTATIONS = ("fused", "protocol")
 DTYPES = ("float32", "bfloat16")
 
@@ -457,6 +458,8 @@ def _check_fl(c) -> None:
        f"an integer >= 0 and <= {MAX_LOCAL_EPOCHS} (0: fl.local_steps counts the local "
        "steps)"),
       ("fl.client_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+      ("fl.aggregation_weights", lambda v: v in AGGREGATION_WEIGHTS,
+       f"one of {AGGREGATION_WEIGHTS}"),
       ("fl.fedrep_head_blocks", lambda v: v >= 0, "an integer >= 0"),
       ("fl.fedrep_head_steps", *_int_in(0, MAX_LOCAL_STEPS)),
       ("fl.num_components", *_int_in(1, MAX_COMPONENTS)),

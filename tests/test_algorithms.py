@@ -59,7 +59,7 @@ def assert_trees_close(a, b, atol=2e-6, rtol=2e-5):
 def test_fedavg_with_one_local_step_is_centralized_sgd_on_the_weighted_union():
   """K = 1, all clients, server SGD at lr 1: θ - η Σ w_m ∇f_m, centralized's SGD step."""
   fedavg = tiny_config("fedavg", local_steps=1, client_fraction=1.0)
-  fedavg.split.task_weights = "data_size"  # unequal weights make the check sharper
+  fedavg.fl.aggregation_weights = "data_size"  # unequal weights make the check sharper
   fedavg.client_optimizer.learning_rate = 0.3
   fedavg.server_optimizer.learning_rate = 1.0
   central = tiny_config("centralized")

@@ -53,7 +53,7 @@ def epochs_config(algorithm, num_clients, epochs=2, **fl):
   c.data.num_clients = num_clients
   c.model.name = "mlp"
   c.model.hidden_sizes = (4, 4) if algorithm.startswith("splitfed") else (5,)
-  c.split.task_weights = "data_size"
+  c.fl.aggregation_weights = "data_size"
   # Momentum: a masked step that still stepped the optimizer would move the parameters.
   c.client_optimizer.name = c.server_optimizer.name = "momentum"
   c.client_optimizer.learning_rate = 0.2

@@ -28,6 +28,7 @@ BAD = [
     ({"data.classes_per_client": 0}, "data.classes_per_client"),
     ({"data.label_noise_rate": 1.0}, "data.label_noise_rate"),
     ({"data.feature_noise_std": -0.1}, "data.feature_noise_std"),
+    ({"fl.aggregation_weights": "size"}, "fl.aggregation_weights"),
     ({"data.noise_profile": "quadratic"}, "data.noise_profile"),
     ({"data.validation_fraction": 1.0}, "data.validation_fraction"),
     ({"data.evaluate_on": "validation"}, "data.evaluate_on"),  # nothing held out

@@ -10,10 +10,11 @@ m's model is the mixture p_m(y|x) = Σ_c π_mc p_c(y|x) with its own weights π_
   3. M-step for the components: K steps of `config.client_optimizer` on each component,
      minimizing mean_i q_ic CE_c(x_i, y_i) (all components vmapped, fresh optimizer states);
 
-then the server averages each component over the sampled clients (weights w_m
-renormalized) and applies `config.server_optimizer` to the negated mean delta of the
-stacked components (FedOpt form, as FedAvg). Task m is evaluated with its mixture; the
-logits returned are log p_m(y|x), so argmax and cross-entropy apply unchanged.
+then the server averages each component over the sampled clients (weights w_m of
+`config.fl.aggregation_weights`, renormalized) and applies `config.server_optimizer` to
+the negated mean delta of the stacked components (FedOpt form, as FedAvg). Task m is
+evaluated with its mixture; the logits returned are log p_m(y|x), so argmax and
+cross-entropy apply unchanged.
 
 With `config.fl.local_epochs` = E > 0 the M-step for the components is E passes over the
 client's own examples (`federated.round_epochs`), and the E-step and π update run over
@@ -21,7 +22,8 @@ all its examples, which the epochs visit equally often: the paper's E-step.
 
 Simplifications (stated in docs/algorithms.md): with `fl.local_steps`, the E-step and π
 update use the round's minibatches, not the client's whole dataset; a server
-`grad_clip_norm` clips the stacked components jointly. With C = 1 every responsibility is 1 and FedEM is FedAvg.
+`grad_clip_norm` clips the stacked components jointly. With C = 1 every responsibility
+is 1 and FedEM is FedAvg.
 """
 
 import flax
@@ -32,6 +34,7 @@ from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax import task_losses
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.base import aggregation_weights
 from mtsl_jax.algorithms.base import task_setup
 
 
@@ -55,8 +58,8 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a FedEMState.
   """
-  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
-                                                                        federation)
+  num_classes_M, num_clients, input_shape, _, classes = task_setup(config, federation)
+  weights_M = aggregation_weights(config, federation)
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
   num_components, epochs = config.fl.num_components, config.fl.local_epochs
   local_steps = federated.local_steps(config, federation)

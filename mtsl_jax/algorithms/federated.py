@@ -16,9 +16,10 @@ A round (`make_round_step`) is always the same five things:
 A method supplies steps 2 and 3 (and where its randomness comes from); the rest is here.
 Aggregation is usually the FedOpt form (Reddi et al. 2021, `server_step`,
 `fedopt_aggregate`): the weighted mean of the sampled clients' deltas θ_m - θ, weights
-w_m (config.split.task_weights) renormalized over the sampled clients, is negated and
-given to the server optimizer as a pseudo-gradient; server SGD with learning rate 1 is
-plain FedAvg. SplitFed averages its client-side models instead (`weighted_mean`).
+w_m (`config.fl.aggregation_weights`, `base.aggregation_weights`: n_m / Σ n by default)
+renormalized over the sampled clients, is negated and given to the server optimizer as
+a pseudo-gradient; server SGD with learning rate 1 is plain FedAvg. SplitFed averages its
+client-side models instead (`weighted_mean`).
 
 Local work comes in one of two forms: K = `config.fl.local_steps` minibatches per client
 drawn with replacement (`draw_round_batches`), or, with `config.fl.local_epochs` = E > 0,
@@ -146,7 +147,7 @@ def make_round_step(num_clients: int, sampled: int, weights_M: jax.Array,
   Args:
     num_clients: M.
     sampled: S, clients per round.
-    weights_M: task weights w_m.
+    weights_M: aggregation weights w_m.
     local_work: `(state, train_data, mask_M) -> ClientWork` of every client, vmapped over
       all M (the unsampled clients' work is discarded).
     aggregate: `(state, work, mask_M) -> (state, metrics)`: the state with the server's
@@ -212,7 +213,7 @@ def server_step(tx: optax.GradientTransformation, server: split_state.SideState,
     tx: the server optimizer.
     server: the global parameters and the server optimizer state.
     client_params_M: every client's parameters after local training, leading axis M.
-    weights_M: task weights w_m.
+    weights_M: aggregation weights w_m.
     mask_M: the sampled clients.
 
   Returns:
@@ -232,7 +233,7 @@ def fedopt_aggregate(tx: optax.GradientTransformation, weights_M: jax.Array) -> 
 
   Args:
     tx: the server optimizer.
-    weights_M: task weights w_m.
+    weights_M: aggregation weights w_m.
 
   Returns:
     `(state, work, mask_M) -> (state with the new server, server_step's metrics)`.

@@ -18,6 +18,7 @@ import optax
 from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.base import aggregation_weights
 from mtsl_jax.algorithms.base import task_setup
 
 # The head steps' minibatches come from their own random stream of the round (after
@@ -44,8 +45,8 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a FedRepState.
   """
-  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
-                                                                        federation)
+  num_classes_M, num_clients, input_shape, _, classes = task_setup(config, federation)
+  weights_M = aggregation_weights(config, federation)
   blocks = models.make_blocks(config.model, int(num_classes_M.max()))
   n_head = config.fl.fedrep_head_blocks
   body = models.BlockStack(tuple(blocks[:len(blocks) - n_head]))

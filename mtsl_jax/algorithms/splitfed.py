@@ -4,11 +4,11 @@ The model is cut exactly as MTSL cuts it (`config.split`, any orientation): ever
 runs the client-side part (B, T) and the server the server-side part G. Unlike MTSL,
 the client-side parts are FEDERATED: one global client-side model is broadcast at the
 start of each round and the sampled clients' copies are averaged at its end (weights w_m
-renormalized over the sampled clients). One loop step is one round of
-`config.fl.local_steps` = K split steps per sampled client, or of `config.fl.local_epochs`
-passes over each client's own examples (`federated.round_epochs`: every client runs the
-largest client's K steps, its own beyond ceil(n_m / B) x E masked, changing neither
-side's model nor optimizer state).
+of `config.fl.aggregation_weights`, renormalized over the sampled clients). One loop step
+is one round of `config.fl.local_steps` = K split steps per sampled client, or of
+`config.fl.local_epochs` passes over each client's own examples (`federated.round_epochs`:
+every client runs the largest client's K steps, its own beyond ceil(n_m / B) x E masked,
+changing neither side's model nor optimizer state).
 
 * v1 (`splitfed_v1`): the server keeps one copy of G per client, trained in parallel
   (vmapped) with that client's split steps, and averages the copies at the end of the
@@ -43,6 +43,7 @@ from mtsl_jax import data, ledger, methods, models, optimizers, split_gradients
 from mtsl_jax import split_model, split_state, validation
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.base import aggregation_weights
 from mtsl_jax.algorithms.base import task_setup
 
 PyTree = Any
@@ -100,8 +101,8 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
     An Algorithm whose state is a SplitFedState.
   """
   name = f"splitfed_v{version}"
-  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
-                                                                        federation)
+  num_classes_M, num_clients, input_shape, _, classes = task_setup(config, federation)
+  weights_M = aggregation_weights(config, federation)
   model = split_model.make_split_model(config.model, config.split, int(num_classes_M.max()))
   local_steps, epochs = federated.local_steps(config, federation), config.fl.local_epochs
   sampled = methods.num_sampled(config.fl.client_fraction, num_clients)
