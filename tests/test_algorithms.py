@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtsl_jax import algorithms, checkpointing, data, loop, train, validation
+from mtsl_jax import algorithms, checkpointing, data, loop, methods, train, validation
 from tests.test_train import load_config
 
 BASELINES = ("fedavg", "centralized", "local", "fedrep", "splitfed_v1", "splitfed_v2",
@@ -171,9 +171,12 @@ def test_nothing_travels_without_federation(name):
 # ---- end to end ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", BASELINES)
-def test_trains_end_to_end_and_resumes_exactly(name, tmp_path):
-  config = tiny_config(name)
+# Every baseline; the federated ones also with one local epoch (fl.local_epochs, see
+# tests/test_local_epochs.py), whose plans and masks go through the loop and checkpoints.
+@pytest.mark.parametrize("name, local_epochs", [(n, 0) for n in BASELINES] + [
+    (n, 1) for n in methods.ROUND_ALGORITHMS])
+def test_trains_end_to_end_and_resumes_exactly(name, local_epochs, tmp_path):
+  config = tiny_config(name, local_epochs=local_epochs)
   full = train.train_and_evaluate(config, tmp_path / "full", verbose=False)
   assert np.isfinite(full.train_metrics["loss"])
   assert 0 <= full.eval_metrics["test/accuracy_mean"] <= 1

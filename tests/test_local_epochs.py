@@ -13,6 +13,9 @@ Checked here on uneven clients (5, 12 and 30 examples, batch 4):
   * FedRep, FedEM and SplitFed v1/v2: a small client's round alone equals its round next
     to a larger client (whose steps it then masks);
   * the config rules and SplitFed's ledger.
+
+Every method with local epochs also trains through the loop and resumes exactly
+(tests/test_algorithms.py, `test_trains_end_to_end_and_resumes_exactly`).
 """
 
 import jax
