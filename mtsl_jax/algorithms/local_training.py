@@ -19,7 +19,6 @@ local epochs, client m's epoch e orders its examples by `epoch_order`, from
 `fold_in(fold_in(batch_key, e), m)`.
 """
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
