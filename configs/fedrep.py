@@ -9,7 +9,8 @@ Command:
   step count, fl fields and learning rates instead of the ones below)
 
 Measured (2-core CPU shared with other jobs, seed 0, about 23 s in total): final mean
-per-task test accuracy 0.886, worst task 0.600 (MTSL's default: 0.896 / 0.600).
+per-task test accuracy 0.905, worst task 0.600 (MTSL's default: 0.896 / 0.600); data-size
+averages (fl.aggregation_weights), 0.886 / 0.600 with uniform ones.
 """
 
 from mtsl_jax import config_base

@@ -155,6 +155,17 @@ def base_config() -> ml_collections.ConfigDict:
   # Local steps per round: client optimizer steps (fedavg, fedrep's body, fedem) or split
   # steps (splitfed_v1/v2) between two averagings. One loop step (num_steps) is one round.
   c.fl.local_steps = 5
+  # Local work in epochs instead (0: off, fl.local_steps counts it): each round client m
+  # takes ceil(n_m / batch_size) x local_epochs steps, passing over its own train examples
+  # without replacement in a fresh order per epoch (an epoch's last batch is smaller when
+  # batch_size does not divide n_m); fl.local_steps is then unused. fedavg, fedrep (its
+  # body steps; the head takes fl.fedrep_head_steps), fedem, splitfed_v1/v2.
+  c.fl.local_epochs = 0
+  # Weights of the FedAvg family's averages (fedavg, fedrep, fedem: the clients' models;
+  # splitfed_v1/v2: the client-side models and v1's server-side copies), renormalized over
+  # the sampled clients: 'data_size' (n_m / Σ n, standard FedAvg) or 'uniform' (1/M).
+  # split.task_weights stays the weights of MTSL's (and centralized's) objective.
+  c.fl.aggregation_weights = "data_size"
   # Fraction of the clients sampled per round; S = max(1, round(fraction * M)) clients,
   # uniformly without replacement. The ledger reports expected bytes per client.
   c.fl.client_fraction = 1.0

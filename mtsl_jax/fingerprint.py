@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from mtsl_jax import methods
+
 # Bumped when the fingerprint's form changes; older checkpoints are then refused with a
 # message saying so rather than a list of every field as "absent".
 VERSION = 2
@@ -38,13 +40,27 @@ RESUMABLE_FIELDS = {
     "data.client_path": "where the data are read from (the data digest guards their content)",
 }
 
-# Fields added after fingerprints were first written, with the default that reproduces
-# the earlier behaviour: left out of the fingerprint at that default, so checkpoints from
-# before the field existed still resume.
+
+def _earlier_aggregation_weights(config: ml_collections.ConfigDict) -> str:
+  """The `fl.aggregation_weights` that computes what runs did before the field existed.
+
+  The FedAvg family averaged with `split.task_weights` then; the other methods never
+  read the field, so for them any value reproduces their earlier runs.
+  """
+  if config.algorithm in methods.ROUND_ALGORITHMS:
+    return config.split.task_weights
+  return config.fl.aggregation_weights
+
+
+# Fields added after fingerprints were first written, with the value that reproduces the
+# earlier behaviour (or a function of the config giving it): left out of the fingerprint
+# at that value, so checkpoints from before the field existed still resume.
 LATER_FIELDS = {
     "server_optimizer.learning_rate_in_state": False,
     "client_optimizer.learning_rate_in_state": False,
     "data.normalization": "auto",
+    "fl.local_epochs": 0,
+    "fl.aggregation_weights": _earlier_aggregation_weights,
 }
 
 
@@ -106,8 +122,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, digest: str, **extra) -> 
   fields = flatten(config)
   for name in RESUMABLE_FIELDS:
     fields.pop(name, None)
-  for name, default in LATER_FIELDS.items():
-    if fields.get(name) == default:
+  for name, earlier in LATER_FIELDS.items():
+    if fields.get(name) == (earlier(config) if callable(earlier) else earlier):
       fields.pop(name)
   if constant_schedules(config):
     fields.pop("num_steps")
@@ -135,6 +151,8 @@ def differences(saved: dict, current: dict) -> list[str]:
       for field in sorted(set(a) | set(b)):
         # A later field is left out at its default: name that value, not its absence.
         absent = LATER_FIELDS.get(field, "<absent>")
+        if callable(absent):  # the earlier value depends on the config: not one value
+          absent = "<absent>"
         u, v = a.get(field, absent), b.get(field, absent)
         if u != v:
           out.append(f"{field}: checkpoint has {u!r}, config has {v!r}")

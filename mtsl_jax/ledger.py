@@ -128,9 +128,11 @@ def exchange_traffic(messages: dict, num_clients: int,
                      np.full(num_clients, down * participation, dtype), described)
 
 
-def scale_traffic(traffic: StepTraffic, factor: float) -> StepTraffic:
-  """`traffic` repeated `factor` times (e.g. K split steps per round, or S / M of them)."""
-  dtype = np.int64 if float(factor).is_integer() else np.float64
+def scale_traffic(traffic: StepTraffic, factor) -> StepTraffic:
+  """`traffic` repeated `factor` times (e.g. K split steps per round, or S / M of them);
+  `factor` is one number, or one per client [M] (SplitFed's local epochs)."""
+  factor = np.asarray(factor, np.float64)
+  dtype = np.int64 if np.all(factor == np.round(factor)) else np.float64
   return StepTraffic((traffic.uplink_M * factor).astype(dtype),
                      (traffic.downlink_M * factor).astype(dtype), dict(traffic.messages))
 

@@ -147,9 +147,12 @@ def memory_estimate(c) -> MemoryEstimate:
     client_state, server_state = copies * total * per_c, total * per_s
   steps = 1
   # The federated baselines vmap a round's K local steps over ALL M clients, drawing every
-  # minibatch of the round at once (local_training.draw_batches: [M, K, B, ...]).
+  # minibatch of the round at once (local_training.draw_batches: [M, K, B, ...]); with
+  # local epochs they gather one step's minibatch at a time (FedRep's head steps are
+  # still drawn at once).
   if c.algorithm in methods.ROUND_ALGORITHMS:
-    steps = c.fl.local_steps + (c.fl.fedrep_head_steps if c.algorithm == "fedrep" else 0)
+    steps = 1 if c.fl.local_epochs else c.fl.local_steps
+    steps += c.fl.fedrep_head_steps if c.algorithm == "fedrep" else 0
   example = (math.prod(input_shape) if input_shape else 1) + 1  # inputs and an int32 label
   batches = steps * num_clients * c.batch_size * example
   data_bytes = 0

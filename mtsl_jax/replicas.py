@@ -96,8 +96,9 @@ def same_program(algorithms: Sequence, train_shapes: PyTree,
     step = _jaxpr_signature(alg.step, state0, train_shapes)
     if step[0] != sig_step[0] or not _same_arrays(step[1], sig_step[1]):
       return False, (f"replica {r}'s step is another program (a differing field is a "
-                     "constant of the step, e.g. 'data_size' task weights over different "
-                     "train counts, or a learning rate not held in the optimizer state)")
+                     "constant of the step, e.g. 'data_size' task or aggregation weights "
+                     "over different train counts, or a learning rate not held in the "
+                     "optimizer state)")
     logits = _jaxpr_signature(alg.logits, state0, test_x_shape)
     if logits[0] != sig_eval[0] or not _same_arrays(logits[1], sig_eval[1]):
       return False, f"replica {r}'s evaluation is another program"

@@ -9,8 +9,10 @@ seed (a seed that diverges is frozen at its last good step and reported in its r
 and metrics.jsonl; the others go on). Each seed writes metrics.jsonl, timing.jsonl,
 tensorboard/ and config.json to its OWN workdir, as an ordinary run would.
 
-When the seeds cannot share a program (task weights 'data_size' with different train
-counts per seed, label spaces that differ per seed, clients sharded over several devices)
+When the seeds cannot share a program (data-size weights, MTSL's task weights or the
+federated baselines' default aggregation weights, with different train counts per seed;
+local epochs whose largest client differs per seed; label spaces that differ per seed;
+clients sharded over several devices)
 they train one after another with `train.train_and_evaluate`. Since every seed keeps its
 own keys, a vmapped seed ends with the parameters of that seed run alone, up to float
 rounding of batched kernels.

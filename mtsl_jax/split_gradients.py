@@ -24,34 +24,43 @@ from mtsl_jax import split_model, split_state, task_losses
 PyTree = Any
 
 
-def losses_and_accuracies(logits_MxBxC: jax.Array, y: jax.Array,
-                          num_classes_M: jax.Array) -> tuple[jax.Array, jax.Array]:
+def losses_and_accuracies(logits_MxBxC: jax.Array, y: jax.Array, num_classes_M: jax.Array,
+                          example_mask: jax.Array | None = None
+                          ) -> tuple[jax.Array, jax.Array]:
   """The M task losses f_m and train accuracies from every task's logits on its minibatch.
 
   Args:
     logits_MxBxC: every task model's logits.
     y: labels [M, B].
     num_classes_M: label-space size of each task.
+    example_mask: None when every example is real; else bool [M, B], and each task's
+      means run over its True examples only (SplitFed's local epochs: a smaller last batch).
 
   Returns:
     (losses [M], accuracies [M]).
   """
-  losses_M = jax.vmap(task_losses.masked_cross_entropy)(logits_MxBxC, y, num_classes_M)
   correct = task_losses.masked_predictions(logits_MxBxC, num_classes_M[:, None]) == y
+  if example_mask is not None:
+    per_example = task_losses.cross_entropy(logits_MxBxC, y, num_classes_M[:, None])
+    return (task_losses.masked_mean(per_example, example_mask, axis=1),
+            task_losses.masked_mean(correct, example_mask, axis=1))
+  losses_M = jax.vmap(task_losses.masked_cross_entropy)(logits_MxBxC, y, num_classes_M)
   return losses_M, correct.mean(axis=1)
 
 
 def per_task_losses(split: split_model.SplitModel, server_params: PyTree,
                     client_params: PyTree, x: jax.Array, y: jax.Array,
-                    num_classes_M: jax.Array) -> tuple[jax.Array, jax.Array]:
+                    num_classes_M: jax.Array, example_mask: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
   """The M task losses f_m and their train accuracies on one minibatch per client."""
   return losses_and_accuracies(split.logits(server_params, client_params, x), y,
-                               num_classes_M)
+                               num_classes_M, example_mask)
 
 
 def fused_gradients(split: split_model.SplitModel, server_params: PyTree,
                     client_params: PyTree, x: jax.Array, y: jax.Array,
-                    num_classes_M: jax.Array, weights_M: jax.Array):
+                    num_classes_M: jax.Array, weights_M: jax.Array,
+                    example_mask: jax.Array | None = None):
   """MTSL gradients by differentiating the composed model in one backward pass.
 
   The backward pass is seeded with the task weights, which gives the server exactly
@@ -66,11 +75,12 @@ def fused_gradients(split: split_model.SplitModel, server_params: PyTree,
     y: labels [M, B].
     num_classes_M: label-space size of each task.
     weights_M: task weights w_m (positive, summing to one).
+    example_mask: None, or bool [M, B]: the real examples (see `losses_and_accuracies`).
 
   Returns:
     (server_grads, client_grads, losses_M, accuracies_M).
   """
-  fn = lambda sp, cp: per_task_losses(split, sp, cp, x, y, num_classes_M)
+  fn = lambda sp, cp: per_task_losses(split, sp, cp, x, y, num_classes_M, example_mask)
   losses, vjp_fn, accs = jax.vjp(fn, server_params, client_params, has_aux=True)
   g_server, g_clients = vjp_fn(weights_M.astype(losses.dtype))
   return g_server, split_state.scale_clients(g_clients, 1.0 / weights_M), losses, accs
@@ -78,7 +88,8 @@ def fused_gradients(split: split_model.SplitModel, server_params: PyTree,
 
 def protocol_gradients(split: split_model.SplitModel, server_params: PyTree,
                        client_params: PyTree, x: jax.Array, y: jax.Array,
-                       num_classes_M: jax.Array, weights_M: jax.Array):
+                       num_classes_M: jax.Array, weights_M: jax.Array,
+                       example_mask: jax.Array | None = None):
   """MTSL gradients computed as the messages of the protocol, in the order they travel.
 
   1. Clients run B_m and send the smashed data up (raw inputs in the 'top' orientation,
@@ -112,7 +123,7 @@ def protocol_gradients(split: split_model.SplitModel, server_params: PyTree,
     messages["up/labels"] = y
 
     server_losses = lambda sp, s: losses_and_accuracies(split.server_part(sp, s), y,
-                                                        num_classes_M)
+                                                        num_classes_M, example_mask)
     losses, server_vjp, accs = jax.vjp(server_losses, server_params, smashed, has_aux=True)
     g_server, _ = server_vjp(weights_M.astype(losses.dtype))
     _, cut_grad = server_vjp(jnp.ones_like(losses))
@@ -121,7 +132,7 @@ def protocol_gradients(split: split_model.SplitModel, server_params: PyTree,
     messages["down/activations"] = server_out
 
     client_losses = lambda tp, h: losses_and_accuracies(split.client_top(tp, h), y,
-                                                        num_classes_M)
+                                                        num_classes_M, example_mask)
     losses, top_vjp, accs = jax.vjp(client_losses, top_params, server_out, has_aux=True)
     g_top, top_cut_grad = top_vjp(jnp.ones_like(losses))
     messages["up/cut_gradients"] = top_cut_grad

@@ -67,6 +67,25 @@ def masked_cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array,
   return cross_entropy(logits_BxC, labels_B, num_classes).mean()
 
 
+def masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """The mean of `values` over `axis` where the bool `mask` is True (0 where it is nowhere).
+
+  A partial minibatch (the last of a local epoch, `algorithms/local_training.py`) fills its
+  empty slots with any example and masks them out here.
+
+  Args:
+    values: the values (bool counts as 0/1).
+    mask: bool, broadcastable to `values`.
+    axis: None (all) or the axes to average over.
+
+  Returns:
+    The masked mean.
+  """
+  total = jnp.sum(jnp.where(mask, values, 0.0), axis=axis)
+  count = jnp.sum(jnp.broadcast_to(mask, jnp.shape(values)), axis=axis)
+  return total / jnp.maximum(count, 1).astype(total.dtype)
+
+
 def masked_predictions(logits: jax.Array, num_classes) -> jax.Array:
   """Argmax over each task's own label space.
 

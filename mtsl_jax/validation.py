@@ -37,6 +37,7 @@ TFDS_DATASETS = tuple(sources.TFDS_FEATURES)
 PARTITIONS = ("iid", "dirichlet", "shards")
 NOISE_PROFILES = ("constant", "linear")
 TASK_WEIGHTS = ("uniform", "data_size")
+AGGREGATION_WEIGHTS = ("data_size", "uniform")
 IMPLEMENTATIONS = ("fused", "protocol")
 DTYPES = ("float32", "bfloat16")
 
@@ -83,6 +84,9 @@ LOGNORMAL_SIGMAS = 8
 # FedAvg-style rounds draw all K local minibatches of every client at once ([M, K, B, ...]),
 # so K multiplies the batch memory; papers use K up to a few hundred.
 MAX_LOCAL_STEPS = 100_000
+# A round of E local epochs holds an index plan of E passes over each client's padded
+# train set ([M, K, B] int32, K*B about E*N); peer libraries use 1 to 20 epochs.
+MAX_LOCAL_EPOCHS = 1_000
 # FedEM trains every component on every client (M x C models, vmapped); its paper uses 3.
 MAX_COMPONENTS = 256
 # Beyond ~1e3 the Dirichlet shares are already uniform to within 1%; near 1e307 numpy's
@@ -466,7 +470,12 @@ def _check_fl(c) -> None:
   """The federated baselines' section: ranges, and FedRep's head against the model."""
   rules = [
       ("fl.local_steps", *_int_in(1, MAX_LOCAL_STEPS)),
+      ("fl.local_epochs", lambda v: 0 <= v <= MAX_LOCAL_EPOCHS,
+       f"an integer >= 0 and <= {MAX_LOCAL_EPOCHS} (0: fl.local_steps counts the local "
+       "steps)"),
       ("fl.client_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+      ("fl.aggregation_weights", lambda v: v in AGGREGATION_WEIGHTS,
+       f"one of {AGGREGATION_WEIGHTS}"),
       ("fl.fedrep_head_blocks", lambda v: v >= 0, "an integer >= 0"),
       ("fl.fedrep_head_steps", *_int_in(0, MAX_LOCAL_STEPS)),
       ("fl.num_components", *_int_in(1, MAX_COMPONENTS)),
@@ -475,27 +484,47 @@ def _check_fl(c) -> None:
     value = _get(c, field)
     if not predicate(value):
       raise ConfigError(field, f"must be {allowed}; got {value!r}")
-  # SplitFed's split step j = round * K + k indexes fold_in with an int32 (splitfed.py).
-  if (c.algorithm in ("splitfed_v1", "splitfed_v2")
+  if c.fl.local_epochs and c.algorithm not in methods.ROUND_ALGORITHMS:
+    raise ConfigError("fl.local_epochs", f"must be 0 with algorithm {c.algorithm!r}: only "
+                      f"{', '.join(methods.ROUND_ALGORITHMS)} train in local rounds; got "
+                      f"{c.fl.local_epochs}")
+  # SplitFed's split step j = round * K + k indexes fold_in with an int32 (splitfed.py);
+  # with local epochs its minibatches come from a key per round instead.
+  if (c.algorithm in ("splitfed_v1", "splitfed_v2") and not c.fl.local_epochs
       and c.num_steps * c.fl.local_steps > INT32_MAX):
     raise ConfigError("fl.local_steps", f"num_steps x fl.local_steps counts SplitFed's split "
                       f"steps in an int32, so it must be <= {INT32_MAX}; got {c.num_steps} x "
                       f"{c.fl.local_steps}")
-  # SplitFed v2's one server model takes K steps per sampled client per round, and optax
-  # evaluates a decaying schedule with the total as an int32 (a linear schedule beyond it
-  # fails inside the compiled step).
-  server_steps = c.num_steps * c.fl.local_steps * methods.num_sampled(
-      c.fl.client_fraction, c.data.num_clients)
-  if (c.algorithm == "splitfed_v2" and c.server_optimizer.schedule != "constant"
-      and server_steps > INT32_MAX):
-    raise ConfigError("server_optimizer.schedule", f"must be 'constant' when SplitFed v2's "
-                      f"server takes more than {INT32_MAX} steps (num_steps x fl.local_steps x "
-                      f"sampled clients = {server_steps}): decaying schedules count in int32")
+  if not c.fl.local_epochs:  # with local epochs K depends on the data: splitfed.py checks
+    check_server_steps(c, c.fl.local_steps)
   n = models.num_blocks(c.model)
   if c.algorithm == "fedrep" and c.fl.fedrep_head_blocks >= n:
     raise ConfigError("fl.fedrep_head_blocks", f"the {c.model.name} has {n} blocks and the "
                       f"shared body needs at least one, so it must be <= {n - 1}; got "
                       f"{c.fl.fedrep_head_blocks}")
+
+
+def check_server_steps(c, local_steps: int) -> None:
+  """Refuses a decaying server schedule that SplitFed v2 would count past int32.
+
+  SplitFed v2's one server model takes K steps per sampled client per round, and optax
+  evaluates a decaying schedule with the total as an int32 (a linear schedule beyond it
+  fails inside the compiled step).
+
+  Args:
+    c: the config.
+    local_steps: K (`fl.local_steps`, or the largest client's steps with local epochs).
+
+  Raises:
+    ConfigError: naming server_optimizer.schedule.
+  """
+  server_steps = c.num_steps * local_steps * methods.num_sampled(
+      c.fl.client_fraction, c.data.num_clients)
+  if (c.algorithm == "splitfed_v2" and c.server_optimizer.schedule != "constant"
+      and server_steps > INT32_MAX):
+    raise ConfigError("server_optimizer.schedule", f"must be 'constant' when SplitFed v2's "
+                      f"server takes more than {INT32_MAX} steps (num_steps x local steps x "
+                      f"sampled clients = {server_steps}): decaying schedules count in int32")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

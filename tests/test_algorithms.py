@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtsl_jax import algorithms, checkpointing, data, loop, train, validation
+from mtsl_jax import algorithms, checkpointing, data, loop, methods, train, validation
 from tests.test_train import load_config
 
 BASELINES = ("fedavg", "centralized", "local", "fedrep", "splitfed_v1", "splitfed_v2",
@@ -59,7 +59,7 @@ def assert_trees_close(a, b, atol=2e-6, rtol=2e-5):
 def test_fedavg_with_one_local_step_is_centralized_sgd_on_the_weighted_union():
   """K = 1, all clients, server SGD at lr 1: θ - η Σ w_m ∇f_m, centralized's SGD step."""
   fedavg = tiny_config("fedavg", local_steps=1, client_fraction=1.0)
-  fedavg.split.task_weights = "data_size"  # unequal weights make the check sharper
+  fedavg.fl.aggregation_weights = "data_size"  # unequal weights make the check sharper
   fedavg.client_optimizer.learning_rate = 0.3
   fedavg.server_optimizer.learning_rate = 1.0
   central = tiny_config("centralized")
@@ -171,9 +171,12 @@ def test_nothing_travels_without_federation(name):
 # ---- end to end ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", BASELINES)
-def test_trains_end_to_end_and_resumes_exactly(name, tmp_path):
-  config = tiny_config(name)
+# Every baseline; the federated ones also with one local epoch (fl.local_epochs, see
+# tests/test_local_epochs.py), whose plans and masks go through the loop and checkpoints.
+@pytest.mark.parametrize("name, local_epochs", [(n, 0) for n in BASELINES] + [
+    (n, 1) for n in methods.ROUND_ALGORITHMS])
+def test_trains_end_to_end_and_resumes_exactly(name, local_epochs, tmp_path):
+  config = tiny_config(name, local_epochs=local_epochs)
   full = train.train_and_evaluate(config, tmp_path / "full", verbose=False)
   assert np.isfinite(full.train_metrics["loss"])
   assert 0 <= full.eval_metrics["test/accuracy_mean"] <= 1

@@ -22,7 +22,8 @@ shares the forward model with the library but none of its training logic.
 The minibatches a round draws do not matter by construction: every client holds copies of
 ONE example (`make_federation`), so each minibatch is that example B times, whatever keys
 draw it, and a client's minibatch loss is that example's loss. Clients hold different
-numbers of copies so that `task_weights = 'data_size'` gives unequal, known weights.
+numbers of copies so that `fl.aggregation_weights = 'data_size'` (the default) gives
+unequal, known weights.
 
 Which clients a round samples (and, in SplitFed v2, in which order) is read from the result
 instead of re-deriving the library's keys: every candidate set (or ordered sequence) of S
@@ -75,13 +76,14 @@ def make_federation(labels, copies, seed=0, examples=None):
 
 
 def tiny_config(algorithm, num_clients, hidden=(5,), **fl):
-  """An MLP D-hidden-C, plain SGD on both sides, data-size task weights."""
+  """An MLP D-hidden-C, plain SGD on both sides, data-size aggregation weights."""
   c = config_base.base_config()
   c.algorithm = algorithm
   c.data.num_clients = num_clients
   c.model.name = "mlp"
   c.model.hidden_sizes = hidden
-  c.split.task_weights = "data_size"
+  # Data-size weights come from the fl section (split.task_weights, MTSL's, stays uniform).
+  c.fl.aggregation_weights = "data_size"
   c.client_optimizer.name = c.server_optimizer.name = "sgd"
   # Large steps, so that a wrong update rule misses by far more than the tolerance.
   c.client_optimizer.learning_rate = 0.5
@@ -173,8 +175,10 @@ def sgd(grad_fn, params, lr, steps):
 # ---- FedAvg -------------------------------------------------------------------------------
 
 
-def test_fedavg_averages_exactly_the_sampled_clients_with_renormalized_weights():
-  """S = 2 of 4 clients: θ' = Σ_{m in S} n_m θ_m / Σ_{m in S} n_m, θ_m = K local SGD steps.
+@pytest.mark.parametrize("aggregation", ["data_size", "uniform"])
+def test_fedavg_averages_exactly_the_sampled_clients_with_renormalized_weights(aggregation):
+  """S = 2 of 4 clients: θ' = Σ_{m in S} w_m θ_m / Σ_{m in S} w_m, θ_m = K local SGD steps,
+  w_m = n_m ('data_size') or 1 ('uniform').
 
   The four clients' examples and labels differ, so their local models move in different
   directions and each of the six pairs gives a different mean; exactly one must be the
@@ -183,10 +187,15 @@ def test_fedavg_averages_exactly_the_sampled_clients_with_renormalized_weights()
 
   Mutations seen to fail: the mask ignored in fedavg's server step (all four clients
   averaged: "0 candidates match"); weights not renormalized over the sampled clients in
-  federated.renormalized_weights (Σ_S w_m < 1 shortens the step: "0 candidates match").
+  federated.renormalized_weights (Σ_S w_m < 1 shortens the step: "0 candidates match");
+  split.task_weights read instead of fl.aggregation_weights (uniform: "0 candidates
+  match" with data-size weights).
   """
-  config = tiny_config("fedavg", 4, client_fraction=0.5, local_steps=2)
+  config = tiny_config("fedavg", 4, client_fraction=0.5, local_steps=2,
+                       aggregation_weights=aggregation)
   run = Run(config, make_federation(labels=[0, 1, 2, 1], copies=[1, 2, 3, 4]))
+  if aggregation == "uniform":
+    run.weights = np.ones(4)
   lr, k = config.client_optimizer.learning_rate, config.fl.local_steps
 
   def loss(params, m):

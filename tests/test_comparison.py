@@ -35,6 +35,15 @@ def test_the_whole_grid_builds_valid_configs():
   assert runs > len(grid.DATASETS) * len(grid.METHODS)
 
 
+@pytest.mark.parametrize("method", ["fedavg", "fedem", "fedrep", "splitfed_v1", "splitfed_v2"])
+def test_the_federated_methods_keep_the_uniform_averages_of_the_recorded_comparison(method):
+  """results/runs.jsonl was recorded when the federated averages took split.task_weights
+  ('uniform'); fl.aggregation_weights (default 'data_size') is pinned to what they used."""
+  config = grid.make_config("synthetic", "synthetic", method, 0.1, budget_steps=200)
+  assert config.fl.aggregation_weights == "uniform" == config.split.task_weights
+  assert config.fl.local_epochs == 0
+
+
 def test_bad_names_and_budgets_name_the_field():
   with pytest.raises(validation.ConfigError, match="setting"):
     grid.make_config("mnist", "dirichlet_9", "fedavg", 0.1)

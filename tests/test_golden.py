@@ -32,13 +32,16 @@ pytestmark = pytest.mark.xdist_group("golden")
 # values minus 0.02, rounded down to 0.01. The majority-class baseline is 0.742.
 # The mean per-task accuracy is not floored: two tasks have 10 and 18 test examples, so
 # one example moves it by up to 0.025.
+# FedAvg, FedRep and FedEM were measured again when their averages became data-size
+# weighted (fl.aggregation_weights); SplitFed's floor runs keep uniform averages
+# (golden_values.SPLITFED_FLOOR_WEIGHTS says why), so their floors are unchanged.
 FLOORS = {
     "mtsl_fused": 0.77,   # measured 0.799; lowest perturbed 0.796
-    "fedavg": 0.81,       # measured 0.844; lowest perturbed 0.838
-    "fedrep": 0.76,       # measured 0.838; lowest perturbed 0.781
-    "fedem": 0.80,        # measured 0.829; lowest perturbed 0.826
-    "splitfed_v1": 0.82,  # measured 0.850; lowest perturbed 0.850
-    "splitfed_v2": 0.81,  # measured 0.850; lowest perturbed 0.838
+    "fedavg": 0.82,       # measured 0.850; lowest perturbed 0.844
+    "fedrep": 0.76,       # measured 0.850; lowest perturbed 0.781
+    "fedem": 0.83,        # measured 0.856; lowest perturbed 0.850
+    "splitfed_v1": 0.82,  # measured 0.850; lowest perturbed 0.850 (uniform averages)
+    "splitfed_v2": 0.81,  # measured 0.850; lowest perturbed 0.838 (uniform averages)
     "local": 0.84,        # measured 0.883; lowest perturbed 0.868
     "centralized": 0.84,  # measured 0.868; lowest perturbed 0.868
 }

@@ -171,6 +171,27 @@ def test_a_resume_with_any_computation_field_changed_is_refused_naming_both_valu
   assert (tmp_path / "config.json").read_bytes() == before
 
 
+def test_aggregation_weights_are_part_of_a_federated_run_only(tmp_path):
+  """fl.aggregation_weights changes FedAvg's computation (a resume with another value is
+  refused) but not MTSL's (it resumes); a checkpoint written before the field existed
+  averaged with split.task_weights, so that value is left out of the fingerprint."""
+  config = _tiny()
+  config.algorithm = "fedavg"
+  config.fl.aggregation_weights = "uniform"  # = split.task_weights: as before the field
+  assert "fl.aggregation_weights" not in fingerprint.run_fingerprint(config, "")["config"]
+  train.train_and_evaluate(config, tmp_path / "fedavg", verbose=False)
+  config.fl.aggregation_weights = "data_size"
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match="fl.aggregation_weights: checkpoint has '<absent>', config has "
+                           "'data_size'"):
+    train.train_and_evaluate(config, tmp_path / "fedavg", verbose=False)
+  mtsl = _tiny()
+  train.train_and_evaluate(mtsl, tmp_path / "mtsl", verbose=False)
+  mtsl.fl.aggregation_weights = "uniform"
+  mtsl.num_steps = 30
+  assert int(train.train_and_evaluate(mtsl, tmp_path / "mtsl", verbose=False).state.step) == 30
+
+
 def test_other_data_under_the_same_fields_are_refused(tmp_path):
   rng = np.random.default_rng(0)
   arrays = dict(x_train=rng.normal(size=(200, 6)).astype(np.float32),

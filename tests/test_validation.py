@@ -28,6 +28,7 @@ BAD = [
     ({"data.classes_per_client": 0}, "data.classes_per_client"),
     ({"data.label_noise_rate": 1.0}, "data.label_noise_rate"),
     ({"data.feature_noise_std": -0.1}, "data.feature_noise_std"),
+    ({"fl.aggregation_weights": "size"}, "fl.aggregation_weights"),
     ({"data.noise_profile": "quadratic"}, "data.noise_profile"),
     ({"data.validation_fraction": 1.0}, "data.validation_fraction"),
     ({"data.evaluate_on": "validation"}, "data.evaluate_on"),  # nothing held out
@@ -133,6 +134,7 @@ TOO_LARGE = [
     ({"data.feature_noise_std": 1e7}, "data.feature_noise_std", "a number in [0, 1e+06]"),
     ({"data.dirichlet_alpha": 1e300}, "data.dirichlet_alpha", "(0, 1e+06]"),
     ({"fl.local_steps": 100_001}, "fl.local_steps", "<= 100000"),
+    ({"algorithm": "fedavg", "fl.local_epochs": 1_001}, "fl.local_epochs", "<= 1000"),
     ({"fl.fedrep_head_steps": 100_001}, "fl.fedrep_head_steps", "<= 100000"),
     ({"fl.num_components": 257}, "fl.num_components", "<= 256"),
     ({"algorithm": "splitfed_v1", "num_steps": 2**30, "fl.local_steps": 2},
@@ -203,6 +205,7 @@ def test_wrong_types_and_too_large_values_name_the_field_and_what_is_allowed(
      "model.cnn_features": (8,) * 5},  # 32 -> 1 pixel: still a feature map
     {"server_optimizer.learning_rate": np.float64(0.1)},  # a Python float subclass
     {"algorithm": "splitfed_v2", "num_steps": 10**7, "fl.local_steps": 100},  # constant
+    {"algorithm": "fedem", "fl.local_epochs": 1_000},
 ])
 def test_values_at_the_bounds_are_accepted(overrides):
   validation.validate_config(_with(overrides))

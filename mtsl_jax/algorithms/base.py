@@ -42,6 +42,17 @@ def task_weights(scheme: str, train_counts_M: np.ndarray) -> np.ndarray:
   return w.astype(np.float32)
 
 
+def aggregation_weights(config, federation) -> jax.Array:
+  """The FedAvg family's averaging weights w_m on the device, float32 [M].
+
+  FedAvg, FedRep, FedEM and SplitFed weight their averages (and their round's 'loss')
+  by `config.fl.aggregation_weights`: 'data_size' (n_m / Σ n over the train examples, as
+  standard FedAvg; the default) or 'uniform' (1/M). Not `config.split.task_weights`, the
+  weights of MTSL's objective (and centralized's), so each family keeps its own default.
+  """
+  return jnp.asarray(task_weights(config.fl.aggregation_weights, federation.train_counts))
+
+
 class TaskSetup(NamedTuple):
   """What every algorithm derives from the federation before building its model.
 

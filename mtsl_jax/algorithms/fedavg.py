@@ -2,7 +2,8 @@
 
 One loop step is one ROUND: sample S clients, broadcast the global model, each sampled
 client runs `config.fl.local_steps` steps of `config.client_optimizer` (fresh optimizer
-state every round) on its own minibatches, and the server applies
+state every round) on its own minibatches (or `config.fl.local_epochs` passes over its
+own examples: `federated.round_epochs`), and the server applies
 `config.server_optimizer` to the negated weighted mean of the deltas (server SGD with
 learning rate 1 is plain FedAvg). Every task is evaluated with the global model.
 """
@@ -15,6 +16,7 @@ import optax
 from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.base import aggregation_weights
 from mtsl_jax.algorithms.base import task_setup
 
 
@@ -61,10 +63,11 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a GlobalModelState.
   """
-  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
-                                                                        federation)
+  num_classes_M, num_clients, input_shape, _, classes = task_setup(config, federation)
+  weights_M = aggregation_weights(config, federation)
   model = local_training.make_full_model(config.model, int(num_classes_M.max()))
-  local_steps = config.fl.local_steps
+  local_steps = federated.local_steps(config, federation)
+  epochs = config.fl.local_epochs
   sampled = methods.num_sampled(config.fl.client_fraction, num_clients)
   # The client optimizer restarts every round, so its schedule spans one round's steps.
   client_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
@@ -75,6 +78,8 @@ def build(config, federation: data.Federation) -> Algorithm:
   def local_work(state, train_data, mask):
     """Every client: K local steps from the global model on its own minibatches."""
     del mask  # every client works; the unsampled ones' work is discarded
+    if epochs:
+      return epoch_work(state, train_data)
     x, y = federated.draw_round_batches(state, train_data, local_steps, config.batch_size)
 
     def train_client(x_m, y_m, k_m):
@@ -83,6 +88,20 @@ def build(config, federation: data.Federation) -> Algorithm:
 
     params_M, losses, accs = jax.vmap(train_client)(x, y, classes)
     return federated.ClientWork(uploads=params_M, kept=(), losses=losses, accuracies=accs)
+
+  def epoch_work(state, train_data):
+    """Every client: its local epochs from the global model, its extra steps masked."""
+    plan = federated.round_epochs(state, train_data, local_steps, config.batch_size, epochs)
+
+    def train_client(x_m, y_m, plan_m, k_m):
+      loss_fn = lambda p, b, mask: local_training.client_loss(model.apply(p, b[0]), b[1], k_m,
+                                                              example_mask_B=mask)
+      return local_training.epoch_sgd(loss_fn, state.server.params, client_tx, (x_m, y_m),
+                                      plan_m)
+
+    params_M, losses, accs = jax.vmap(train_client)(train_data.x, train_data.y, plan, classes)
+    return federated.ClientWork(uploads=params_M, kept=(), losses=losses, accuracies=accs,
+                                step_mask=plan.step_mask)
 
   step = federated.make_round_step(num_clients, sampled, weights_M, local_work,
                                    federated.fedopt_aggregate(server_tx, weights_M))

@@ -10,15 +10,22 @@ A round (`make_round_step`) is always the same five things:
      accelerator can afford for the client counts used here;
   3. aggregation of what the sampled clients upload into the server's model;
   4. the round's metrics (`round_metrics`): per-task loss and accuracy over the local
-     steps, the objective on the minibatches used, the participation;
+     steps a client took, the objective on the minibatches used, the participation;
   5. finiteness flags: each sampled client's work and the server's new model.
 
 A method supplies steps 2 and 3 (and where its randomness comes from); the rest is here.
 Aggregation is usually the FedOpt form (Reddi et al. 2021, `server_step`,
 `fedopt_aggregate`): the weighted mean of the sampled clients' deltas θ_m - θ, weights
-w_m (config.split.task_weights) renormalized over the sampled clients, is negated and
-given to the server optimizer as a pseudo-gradient; server SGD with learning rate 1 is
-plain FedAvg. SplitFed averages its client-side models instead (`weighted_mean`).
+w_m (`config.fl.aggregation_weights`, `base.aggregation_weights`: n_m / Σ n by default)
+renormalized over the sampled clients, is negated and given to the server optimizer as
+a pseudo-gradient; server SGD with learning rate 1 is plain FedAvg. SplitFed averages its
+client-side models instead (`weighted_mean`).
+
+Local work comes in one of two forms: K = `config.fl.local_steps` minibatches per client
+drawn with replacement (`draw_round_batches`), or, with `config.fl.local_epochs` = E > 0,
+E passes over each client's own examples without replacement (`round_epochs`), every
+client running the largest client's step count K with its own steps beyond ceil(n_m / B)
+x E masked (`local_training.EpochPlan`).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -27,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import data, split_state
+from mtsl_jax import data, split_state, task_losses
 from mtsl_jax.algorithms import local_training
 
 PyTree = Any
@@ -74,6 +81,36 @@ def draw_round_batches(state, train_data: data.ClientArrays, num_steps: int, bat
                                      batch_size)
 
 
+def local_steps(config, federation) -> int:
+  """K, the local steps of a round: `fl.local_steps`, or with `fl.local_epochs` > 0 the
+  largest client's ceil(n_m / B) x E (`local_training.max_epoch_steps`)."""
+  if config.fl.local_epochs:
+    return local_training.max_epoch_steps(federation.train_counts, config.batch_size,
+                                          config.fl.local_epochs)
+  return config.fl.local_steps
+
+
+def round_epochs(state, train_data: data.ClientArrays, num_steps: int, batch_size: int,
+                 epochs: int, key: jax.Array | None = None) -> local_training.EpochPlan:
+  """Every client's `epochs` passes over its own examples this round (`plan_epochs`).
+
+  Args:
+    state: the method's state (its `rng` and `step` give the key unless `key` is given).
+    train_data: padded client arrays.
+    num_steps: K, from `local_steps`.
+    batch_size: B.
+    epochs: E.
+    key: the round's batch key; by default stream BATCH_STREAM of `round_key` (the stream
+      the with-replacement minibatches would come from).
+
+  Returns:
+    The EpochPlan [M, K, B].
+  """
+  key = round_key(state, BATCH_STREAM) if key is None else key
+  return local_training.plan_epochs(train_data.counts, key, train_data.y.shape[1], num_steps,
+                                    batch_size, epochs)
+
+
 class ClientWork(NamedTuple):
   """Every client's part of one round, each leaf with a leading client axis M.
 
@@ -87,12 +124,15 @@ class ClientWork(NamedTuple):
     accuracies: the matching accuracies.
     server_side: the server's work of the round, for SplitFed (its server-side model
       after the round's split steps); () otherwise.
+    step_mask: None when every client took every step; with local epochs bool [M, K],
+      the steps each client took (the others count in no metric).
   """
   uploads: PyTree
   kept: PyTree
   losses: jax.Array
   accuracies: jax.Array
   server_side: PyTree = ()
+  step_mask: jax.Array | None = None
 
 
 LocalWork = Callable[[PyTree, data.ClientArrays, jax.Array], ClientWork]
@@ -107,7 +147,7 @@ def make_round_step(num_clients: int, sampled: int, weights_M: jax.Array,
   Args:
     num_clients: M.
     sampled: S, clients per round.
-    weights_M: task weights w_m.
+    weights_M: aggregation weights w_m.
     local_work: `(state, train_data, mask_M) -> ClientWork` of every client, vmapped over
       all M (the unsampled clients' work is discarded).
     aggregate: `(state, work, mask_M) -> (state, metrics)`: the state with the server's
@@ -126,7 +166,8 @@ def make_round_step(num_clients: int, sampled: int, weights_M: jax.Array,
     work = local_work(state, train_data, mask)
     new_state, server_metrics = aggregate(state, work, mask)
     metrics = dict(server_metrics,
-                   **round_metrics(work.losses, work.accuracies, weights_M, mask))
+                   **round_metrics(work.losses, work.accuracies, weights_M, mask,
+                                   work.step_mask))
     metrics["finite/clients"] = client_finite((work.uploads, work.kept), work.losses, mask)
     metrics["finite/server"] = split_state.all_finite(new_state.server.params)
     return new_state.replace(step=state.step + 1), metrics
@@ -172,7 +213,7 @@ def server_step(tx: optax.GradientTransformation, server: split_state.SideState,
     tx: the server optimizer.
     server: the global parameters and the server optimizer state.
     client_params_M: every client's parameters after local training, leading axis M.
-    weights_M: task weights w_m.
+    weights_M: aggregation weights w_m.
     mask_M: the sampled clients.
 
   Returns:
@@ -192,7 +233,7 @@ def fedopt_aggregate(tx: optax.GradientTransformation, weights_M: jax.Array) -> 
 
   Args:
     tx: the server optimizer.
-    weights_M: task weights w_m.
+    weights_M: aggregation weights w_m.
 
   Returns:
     `(state, work, mask_M) -> (state with the new server, server_step's metrics)`.
@@ -228,13 +269,18 @@ def client_finite(tree_M: PyTree, losses_M: jax.Array, mask_M: jax.Array) -> jax
 
 
 def round_metrics(losses_MxK: jax.Array, accs_MxK: jax.Array, weights_M: jax.Array,
-                  mask_M: jax.Array) -> dict:
+                  mask_M: jax.Array, step_mask_MxK: jax.Array | None = None) -> dict:
   """'task_loss', 'task_accuracy' (means over the round's local steps) and 'loss'.
 
   'loss' is the w-weighted mean over the sampled clients, i.e. the objective on the
-  minibatches that were actually used.
+  minibatches that were actually used. With a step mask (local epochs) each client's
+  means run over the steps it took only.
   """
-  task_loss, task_acc = losses_MxK.mean(axis=1), accs_MxK.mean(axis=1)
+  if step_mask_MxK is None:
+    task_loss, task_acc = losses_MxK.mean(axis=1), accs_MxK.mean(axis=1)
+  else:
+    task_loss = task_losses.masked_mean(losses_MxK, step_mask_MxK, axis=1)
+    task_acc = task_losses.masked_mean(accs_MxK, step_mask_MxK, axis=1)
   w = renormalized_weights(weights_M, mask_M)
   return {"task_loss": task_loss, "task_accuracy": task_acc,
           "loss": jnp.sum(w * jnp.where(mask_M, task_loss, 0.0)),

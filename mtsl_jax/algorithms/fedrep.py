@@ -4,7 +4,8 @@ The model's blocks are cut into a body (all but the last `config.fl.fedrep_head_
 shared through the server, and a head that never leaves its client. One loop step is one
 round: each sampled client receives the body, runs `config.fl.fedrep_head_steps` steps of
 `config.client_optimizer` on its head with the body frozen, then `config.fl.local_steps`
-steps on the body with its new head frozen (fresh optimizer states in each phase); the
+steps on the body with its new head frozen (or `config.fl.local_epochs` passes over its
+own examples; the head phase keeps its fixed steps), fresh optimizer states in each phase; the
 server aggregates the bodies like FedAvg (FedOpt form, `config.server_optimizer`). Task m
 is evaluated with the global body and client m's head. With 0 head blocks it is FedAvg.
 """
@@ -17,6 +18,7 @@ import optax
 from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.base import aggregation_weights
 from mtsl_jax.algorithms.base import task_setup
 
 # The head steps' minibatches come from their own random stream of the round (after
@@ -43,13 +45,14 @@ def build(config, federation: data.Federation) -> Algorithm:
   Returns:
     An Algorithm whose state is a FedRepState.
   """
-  num_classes_M, num_clients, input_shape, weights_M, classes = task_setup(config,
-                                                                        federation)
+  num_classes_M, num_clients, input_shape, _, classes = task_setup(config, federation)
+  weights_M = aggregation_weights(config, federation)
   blocks = models.make_blocks(config.model, int(num_classes_M.max()))
   n_head = config.fl.fedrep_head_blocks
   body = models.BlockStack(tuple(blocks[:len(blocks) - n_head]))
   head = models.BlockStack(tuple(blocks[len(blocks) - n_head:]))
-  local_steps, head_steps = config.fl.local_steps, config.fl.fedrep_head_steps
+  local_steps = federated.local_steps(config, federation)
+  head_steps, epochs = config.fl.fedrep_head_steps, config.fl.local_epochs
   sampled = methods.num_sampled(config.fl.client_fraction, num_clients)
   body_tx = optimizers.make_optimizer(config.client_optimizer, local_steps)
   head_tx = optimizers.make_optimizer(config.client_optimizer, max(head_steps, 1))
@@ -73,16 +76,23 @@ def build(config, federation: data.Federation) -> Algorithm:
   def local_work(state, train_data, mask):
     """Every client: its head's steps on the global body, then the body's with that head."""
     del mask  # every client works; the unsampled ones' work is discarded
-    x, y = federated.draw_round_batches(state, train_data, local_steps, config.batch_size)
+    if epochs:  # the body's steps are its local epochs, given as an EpochPlan
+      body_batches = federated.round_epochs(state, train_data, local_steps,
+                                            config.batch_size, epochs)
+      examples = (train_data.x, train_data.y)
+    else:
+      body_batches = federated.draw_round_batches(state, train_data, local_steps,
+                                                  config.batch_size)
+      examples = ((), ())  # the drawn minibatches hold the examples
     global_body = state.server.params
     train_heads = bool(head.blocks) and head_steps > 0
     if train_heads:
       hx, hy = federated.draw_round_batches(state, train_data, head_steps, config.batch_size,
                                             stream=_HEAD_BATCH_STREAM)
     else:  # nothing to train: placeholders of the right client axis
-      hx, hy = x[:, :0], y[:, :0]
+      hx = hy = jnp.zeros((num_clients, 0))
 
-    def train_client(head_m, x_m, y_m, hx_m, hy_m, k_m):
+    def train_client(head_m, body_batches_m, examples_m, hx_m, hy_m, k_m):
       head_losses = jnp.zeros((0,))
       head_accs = jnp.zeros((0,))
       if train_heads:
@@ -90,14 +100,27 @@ def build(config, federation: data.Federation) -> Algorithm:
                                                             b[1], k_m)
         head_m, head_losses, head_accs = local_training.local_sgd(head_loss, head_m, head_tx,
                                                                   (hx_m, hy_m))
-      body_loss = lambda p, b: local_training.client_loss(forward(p, head_m, b[0]), b[1], k_m)
-      body_m, losses, accs = local_training.local_sgd(body_loss, global_body, body_tx,
-                                                      (x_m, y_m))
+      if epochs:
+        body_loss = lambda p, b, mask: local_training.client_loss(
+            forward(p, head_m, b[0]), b[1], k_m, example_mask_B=mask)
+        body_m, losses, accs = local_training.epoch_sgd(body_loss, global_body, body_tx,
+                                                        examples_m, body_batches_m)
+      else:
+        body_loss = lambda p, b: local_training.client_loss(forward(p, head_m, b[0]), b[1],
+                                                            k_m)
+        body_m, losses, accs = local_training.local_sgd(body_loss, global_body, body_tx,
+                                                        body_batches_m)
       return (body_m, head_m, jnp.concatenate([head_losses, losses]),
               jnp.concatenate([head_accs, accs]))
 
-    bodies, heads, losses, accs = jax.vmap(train_client)(state.heads, x, y, hx, hy, classes)
-    return federated.ClientWork(uploads=bodies, kept=heads, losses=losses, accuracies=accs)
+    bodies, heads, losses, accs = jax.vmap(train_client)(state.heads, body_batches, examples,
+                                                         hx, hy, classes)
+    step_mask = None
+    if epochs:  # the head steps are always taken
+      step_mask = jnp.concatenate([jnp.ones(hx.shape[:2], bool), body_batches.step_mask],
+                                  axis=1)
+    return federated.ClientWork(uploads=bodies, kept=heads, losses=losses, accuracies=accs,
+                                step_mask=step_mask)
 
   fedopt = federated.fedopt_aggregate(server_tx, weights_M)
 

@@ -67,7 +67,12 @@ class MethodSpec:
 
 
 _SPLIT_LRS = ("server_optimizer.learning_rate", "client_optimizer.learning_rate")
-_FL = {"server_optimizer.learning_rate": 1.0, "fl.local_steps": LOCAL_STEPS}
+# The federated methods' averages weight the clients uniformly, as they did when the
+# recorded comparison (results/runs.jsonl) ran: then they took split.task_weights,
+# 'uniform'; fl.aggregation_weights now defaults to 'data_size'. Pinned so that the grid
+# keeps reproducing its records.
+_AVERAGING = {"fl.local_steps": LOCAL_STEPS, "fl.aggregation_weights": "uniform"}
+_FL = {"server_optimizer.learning_rate": 1.0, **_AVERAGING}
 METHODS: dict[str, MethodSpec] = {
     "mtsl_u_shaped": MethodSpec({"algorithm": "mtsl", "split.orientation": "u_shaped",
                                  "split.client_bottom_blocks": 1,
@@ -82,10 +87,10 @@ METHODS: dict[str, MethodSpec] = {
                          ("client_optimizer.learning_rate",), LOCAL_STEPS),
     "fedem": MethodSpec({"algorithm": "fedem", "fl.num_components": 3, **_FL},
                         ("client_optimizer.learning_rate",), LOCAL_STEPS),
-    "splitfed_v1": MethodSpec({"algorithm": "splitfed_v1", "fl.local_steps": LOCAL_STEPS,
+    "splitfed_v1": MethodSpec({"algorithm": "splitfed_v1", **_AVERAGING,
                                "split.orientation": "bottom", "split.client_bottom_blocks": 1,
                                "split.client_top_blocks": 0}, _SPLIT_LRS, LOCAL_STEPS),
-    "splitfed_v2": MethodSpec({"algorithm": "splitfed_v2", "fl.local_steps": LOCAL_STEPS,
+    "splitfed_v2": MethodSpec({"algorithm": "splitfed_v2", **_AVERAGING,
                                "split.orientation": "bottom", "split.client_bottom_blocks": 1,
                                "split.client_top_blocks": 0}, _SPLIT_LRS, LOCAL_STEPS),
     "fedrep": MethodSpec({"algorithm": "fedrep", "fl.fedrep_head_blocks": 1,
