@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mtsl_jax import config_base
+from mtsl_jax import config_files
 from mtsl_jax import data
 from mtsl_jax import fingerprint
 from mtsl_jax import train
@@ -335,3 +336,24 @@ def test_the_readme_example_writes_clients_that_train(tmp_path, monkeypatch):
   validation.validate_config(config)
   federation = data.build_federation(config.data, config.seed)
   np.testing.assert_array_equal(federation.train_counts, [40, 60, 80, 100])
+
+
+def test_the_pfllib_config_trains_fedavg_on_a_given_partition(tmp_path):
+  """configs/pfllib_mnist.py on 20 tiny clients: the unpadded CNN (582,026 parameters),
+  one local epoch (steps follow each client's size), data-size weights, a valid run."""
+  rng = np.random.default_rng(0)
+  for m in range(20):
+    n = 10 + m  # 1 to 3 local steps of batch 10
+    np.savez(tmp_path / f"client_{m}.npz",
+             x_train=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+             y_train=rng.integers(0, 10, n), x_test=rng.integers(0, 256, (4, 28, 28, 1),
+                                                                dtype=np.uint8),
+             y_test=rng.integers(0, 10, 4))
+  config = config_files.load_config("configs/pfllib_mnist.py",
+                                    {"data.client_path": str(tmp_path)})
+  config.num_steps = config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.progress_bar = False
+  result = train.train_and_evaluate(config, tmp_path / "run", verbose=False)
+  assert result.algorithm.param_counts == {"global model": 582_026}
+  assert int(result.state.step) == 2
+  assert np.isfinite(result.train_metrics["loss"])
