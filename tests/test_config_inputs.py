@@ -27,9 +27,14 @@ SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("[!_]*.py"))
 _BASE = "from mtsl_jax import config_base\n"
 
 
+# Configs of the user's own data name it on the command line (a directory here).
+USER_DATA = {"pfllib_mnist": "data.client_path"}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_config_file_loads_and_validates(path):
-  config = config_files.load_config(str(path))
+def test_every_config_file_loads_and_validates(path, tmp_path):
+  overrides = {USER_DATA[path.stem]: str(tmp_path)} if path.stem in USER_DATA else None
+  config = config_files.load_config(str(path), overrides)
   assert config.is_locked  # as config_flags locked it: a misspelled override is an error
 
 
