@@ -13,8 +13,16 @@ Three moments, one rule each:
   removes.
 
 The launchers turn `TrainingInterrupted` into exit status 128 + N (the shell's convention)
-and a one-line message. Only the main thread can install signal handlers; elsewhere (a
-worker thread of a notebook, say) `stop_requests` installs none and records nothing.
+and a one-line message. In a launcher process (`install_early_exit` was called) the two
+"at once" cases end the process right in the handler, after printing that line: raising
+from a signal handler unwinds through whatever library code was running (an orbax save
+and its threads, a compilation, a restore), and an exception there can leave a lock or a
+thread waiting and hang the exit (seen once in CI as a timeout). Nothing is lost: the
+metric files are flushed after every record, the workdir lock is the kernel's, and a
+half-written checkpoint is a temporary directory the next run removes. Called from Python
+(a notebook), they raise `TrainingInterrupted` as described, so the kernel survives.
+Only the main thread can install signal handlers; elsewhere (a worker thread of a
+notebook, say) `stop_requests` installs none and records nothing.
 `install_early_exit` covers the launcher's own start-up (imports, flag parsing), before
 any of this: a signal there exits with 128 + N and one line.
 """
@@ -70,12 +78,11 @@ class StopRequests:
     """The signal handler."""
     name = signal.Signals(signum).name
     if self.phase is Phase.STARTING:
-      raise TrainingInterrupted(f"stopped by {name} before training started; nothing was "
-                                "trained or saved", signum, immediate=True)
+      _stop_at_once(f"stopped by {name} before training started; nothing was trained or "
+                    "saved", signum)
     if self.signum is not None:
-      raise TrainingInterrupted(f"stopped at once by a second signal ({name}); the complete "
-                                "checkpoints on disk are kept: rerun to resume from the latest",
-                                signum, immediate=True)
+      _stop_at_once(f"stopped at once by a second signal ({name}); the complete checkpoints "
+                    "on disk are kept: rerun to resume from the latest", signum)
     self.signum = signum
 
   def start_training(self) -> None:
@@ -102,12 +109,27 @@ def stop_requests() -> Iterator[StopRequests]:
       signal.signal(s, handler)
 
 
+_IN_LAUNCHER = False  # set by `install_early_exit`: this process is a launcher's
+
+
+def _stop_at_once(message: str, signum: int) -> None:
+  """Ends a launcher's process now with 128 + N; raises TrainingInterrupted elsewhere."""
+  if _IN_LAUNCHER:
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(128 + signum)  # pylint: disable=protected-access
+  raise TrainingInterrupted(message, signum, immediate=True)
+
+
 def install_early_exit() -> None:
   """Until a run installs its own handlers: a signal exits with 128 + N and one line.
 
   For launchers, called before their heavy imports. `os._exit` because nothing has been
   written yet and an interpreter shutdown could wait on threads that imports started.
   """
+  global _IN_LAUNCHER
+  _IN_LAUNCHER = True
+
   def handler(signum, _frame):
     print(f"stopped by {signal.Signals(signum).name} while starting; nothing was done",
           file=sys.stderr, flush=True)
