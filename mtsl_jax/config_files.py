@@ -355,6 +355,21 @@ def DEFINE_config_file(  # pylint: disable=invalid-name  # absl's naming of flag
   return holder
 
 
+def required_config(holder: flags.FlagHolder) -> ml_collections.ConfigDict | None:
+  """The parsed config of a `--config` flag, or None after saying in one line it is needed.
+
+  Args:
+    holder: what `DEFINE_config_file` returned.
+
+  Returns:
+    The config, or None when the flag was not given (the command then exits with 2).
+  """
+  if holder.value is None:
+    print(f"error: --{holder.name} is required, e.g. --{holder.name} configs/default.py",
+          file=sys.stderr)
+  return holder.value
+
+
 def _config_flags(flag_values: flags.FlagValues) -> dict[str, _FileParser]:
   return {name: flag_values[name].parser for name in flag_values
           if isinstance(flag_values[name].parser, _FileParser)}

@@ -39,9 +39,8 @@ def _fmt(values) -> str:
 
 def main() -> int:
   """Measures the block constants, prints them with the bounds; the exit status."""
-  config = _CONFIG.value
+  config = config_files.required_config(_CONFIG)
   if config is None:
-    print("error: --config is required, e.g. --config configs/default.py", file=sys.stderr)
     return 2
   try:
     validation.validate_config(config)

@@ -42,9 +42,8 @@ _SMOOTH_BATCH = flags.DEFINE_integer("smoothness_batch", 256,
 
 def main() -> int:
   """Trains the learning-rate grid, writes the CSV and heatmaps; the exit status."""
-  config = _CONFIG.value
+  config = config_files.required_config(_CONFIG)
   if config is None:
-    print("error: --config is required, e.g. --config configs/default.py", file=sys.stderr)
     return 2
   try:
     server_lrs = config_files.finite_positive_floats(_SERVER_LRS.value, "server_lrs")

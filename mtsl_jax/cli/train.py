@@ -40,8 +40,7 @@ _LOCAL_DEVICES = flags.DEFINE_list(
 
 def main() -> int:
   """Validates the config, sets up the processes, trains, evaluates; the exit status."""
-  if _CONFIG.value is None:
-    print("error: --config is required, e.g. --config configs/default.py", file=sys.stderr)
+  if config_files.required_config(_CONFIG) is None:
     return 2
   # Before the distributed setup, which may wait for the other processes: a bad config
   # fails at once (train_and_evaluate validates again, for callers in Python).
