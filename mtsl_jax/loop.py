@@ -214,11 +214,6 @@ class Replicas:
   states: PyTree
   frozen: jax.Array
 
-  @property
-  def step(self) -> jax.Array:
-    """The group's step: that of its most advanced replica (frozen ones stay behind)."""
-    return jnp.max(self.states.step)
-
 
 def make_multi_step(step_fn: Callable[[PyTree, PyTree], tuple[PyTree, dict]],
                     donate: bool = True, replicated: bool = False,

@@ -351,17 +351,18 @@ def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
       evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, data_axis, data_axis, data_axis)))
       run_steps = loop.make_multi_step(jax.vmap(alg0.step, in_axes=(0, data_axis)),
                                        replicated=True)
-      init_all = lambda: loop.Replicas(
-          states=jax.tree.map(lambda *xs: jnp.stack(xs),
-                              *[alg.init_state() for alg in plan.algorithms]),
-          frozen=jnp.zeros((num,), bool))
+      # Every replica's state has replica 0's shapes (`replicas.same_program` checked):
+      # the group's are those with a leading replica axis, found without tracing R inits.
+      one = jax.eval_shape(alg0.init_state)
+      abstract = loop.Replicas(
+          states=jax.tree.map(lambda a: jax.ShapeDtypeStruct((num, *a.shape), a.dtype), one),
+          frozen=jax.ShapeDtypeStruct((num,), jnp.bool_))
     else:
       run_steps = loop.make_multi_step(alg0.step)
-      init_all = alg0.init_state
+      abstract = jax.eval_shape(alg0.init_state)
 
     # The state is created, or restored, directly in its final placement (in a
     # multi-process run no process could read back the whole state to place it).
-    abstract = jax.eval_shape(init_all)
     shardings = (None if plan.replicated else
                  sharding.state_shardings(abstract, mesh, fed0.num_clients))
     empty_window = run_steps.empty_window(abstract, train_data)
