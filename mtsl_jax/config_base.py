@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (the records keep their 'test/' names); 'test' keeps the test set.
   c.data.validation_fraction = 0.0
   c.data.evaluate_on = "test"       # 'test' | 'validation'
+  # Cap on each client's evaluated examples (test or validation): a uniform random subset
+  # drawn once per seed, for runs that evaluate often on a slow machine; 0 = all of them.
+  c.data.max_eval_examples_per_client = 0
   # Per-client transforms, applied to a client's train and test data alike.
   c.data.label_permutation = False  # client m relabels classes by its own permutation
   c.data.rotation_step_degrees = 0.0  # client m's images rotated by m * step degrees

@@ -61,6 +61,7 @@ LATER_FIELDS = {
     "data.normalization": "auto",
     "fl.local_epochs": 0,
     "fl.aggregation_weights": _earlier_aggregation_weights,
+    "data.max_eval_examples_per_client": 0,
 }
 
 

@@ -30,6 +30,7 @@ process over one mesh of all devices; only process 0 writes files, locks and pri
 
 import contextlib
 import dataclasses
+import functools
 import os
 import pathlib
 import sys
@@ -213,7 +214,7 @@ class _Plan:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       *, verbose: bool = True) -> TrainResult:
+                       *, verbose: bool = True, federations: dict | None = None) -> TrainResult:
   """Trains `config.algorithm` and evaluates every task; resumes from `workdir`.
 
   Args:
@@ -222,6 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       checkpoint of the same run (see `fingerprint.py`), training resumes from the
       latest one.
     verbose: print the start-of-run report and the final accuracies.
+    federations: federations already built (see `prepare_run`), so that runs of one
+      process on the same data load it once.
 
   Returns:
     A TrainResult.
@@ -240,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   with signals.stop_requests() as stop:
     workdir = workdirs.check_workdir(workdir) if primary else pathlib.Path(workdir)
     with workdirs.locked(workdir) if primary else contextlib.nullcontext():
-      federation, algorithm = prepare_run(config)
+      federation, algorithm = prepare_run(config, federations)
       plan = _Plan([config], [workdir], [federation], [algorithm], replicated=False,
                    checkpoint_dir=workdir / "checkpoints",
                    fingerprint=fingerprint.of_run(config, federation), names=[""])
@@ -274,7 +277,8 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
   Raises:
     As `train_and_evaluate`, except that divergence does not raise in a group.
   """
-  fallback_fn = fallback_fn or train_and_evaluate
+  built = {}  # federations by data section and seed, shared with the fallback runs
+  fallback_fn = fallback_fn or functools.partial(train_and_evaluate, federations=built)
   workdirs_ = [pathlib.Path(w) for w in workdirs_]
   if len(workdirs_) != len(configs) or len(set(workdirs_)) != len(workdirs_):
     raise validation.ConfigError("workdir", f"one distinct workdir per run; got "
@@ -282,7 +286,6 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
   for config in configs:
     validation.validate_config(config)
   with signals.stop_requests() as stop:
-    built = {}
     feds, algs = (list(t) for t in zip(*[prepare_run(c, built) for c in configs]))
     group, reason = replicas.group_data(configs, feds, algs, allow_single)
     if group is not None:

@@ -286,6 +286,8 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("data.classes_per_client", *_int_in(1, MAX_CLASSES)),
       ("data.min_examples_per_client", *_int_in(1, MAX_EXAMPLES)),
       ("data.max_examples_per_client", lambda v: v >= 0, "an integer >= 0 (0: no cap)"),
+      ("data.max_eval_examples_per_client", lambda v: v >= 0,
+       "an integer >= 0 (0: no cap)"),
       ("data.validation_fraction", lambda v: 0 <= v < 1, "a number in [0, 1)"),
       ("data.evaluate_on", lambda v: v == "test" or (
           v == "validation" and c.data.validation_fraction > 0),

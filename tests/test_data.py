@@ -181,6 +181,21 @@ def test_cap_keeps_a_random_subset_of_train():
     assert all(tuple(r) in rows for r in small)
 
 
+def test_eval_cap_subsets_the_evaluated_split_only():
+  ds = _label_coded_dataset()
+  full = data.build_federation_from_datasets([ds], _data_config(num_clients=4), 0)
+  capped = data.build_federation_from_datasets(
+      [ds], _data_config(num_clients=4, max_eval_examples_per_client=7), 0)
+  np.testing.assert_array_equal(capped.test_counts, np.minimum(full.test_counts, 7))
+  for m in range(4):
+    np.testing.assert_array_equal(capped.train_x[m], full.train_x[m])  # train untouched
+    rows = {tuple(r) for r in full.test_x[m]}
+    assert all(tuple(r) in rows for r in capped.test_x[m])
+  again = data.build_federation_from_datasets(
+      [ds], _data_config(num_clients=4, max_eval_examples_per_client=7), 0)
+  _assert_federations_equal(capped, again)  # the same subset for every method of a seed
+
+
 def test_validation_split_is_held_out_of_train_and_replaces_test_when_asked():
   ds = _label_coded_dataset()
   full = data.build_federation_from_datasets([ds], _data_config(num_clients=4), 0)

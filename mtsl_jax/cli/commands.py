@@ -5,6 +5,7 @@
   mtsl-lr-sweep         mtsl_jax/cli/lr_sweep.py             python launch/lr_sweep.py
   mtsl-plot             mtsl_jax/cli/plot.py                 python launch/plot.py
   mtsl-reproduce        mtsl_jax/cli/reproduce.py            python launch/reproduce.py
+  mtsl-compare-v2       mtsl_jax/cli/compare_v2.py           python launch/compare_v2.py
   mtsl-smoothness       mtsl_jax/cli/estimate_smoothness.py  python launch/estimate_smoothness.py
 
 Each entry point installs `signals.install_early_exit` first and only then imports its
@@ -74,6 +75,11 @@ def plot() -> None:
 def reproduce() -> None:
   """`mtsl-reproduce`: the paper's comparison, resumable, and its report."""
   _run("reproduce")
+
+
+def compare_v2() -> None:
+  """`mtsl-compare-v2`: the comparison v2 (2-D tuning, CNN cuts, paired tests)."""
+  _run("compare_v2")
 
 
 def smoothness() -> None:

@@ -28,7 +28,7 @@ from mtsl_jax.errors import DataError
 # derive_rng keys are (namespace, purpose, index); synthetic.py uses namespace 1.
 _NAMESPACE = 2
 (_PARTITION, _TEST, _CAP, _LABEL_PERM, _LABEL_NOISE, _NOISE_TRAIN, _NOISE_TEST,
- _VALIDATION) = range(8)
+ _VALIDATION, _EVAL_CAP) = range(9)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # Arrays have no boolean ==.
@@ -215,6 +215,11 @@ def _finish(raw: list[_RawClient], data_config, seed: int, head: str) -> Federat
     x_tr, y_tr, x_te, y_te = c.train_x[keep], c.train_y[keep], c.test_x, c.test_y
     if data_config.evaluate_on == "validation":  # tuning: the test set stays unseen
       x_te, y_te = c.train_x[held_out], c.train_y[held_out]
+    # A uniform subset of the evaluated split keeps its class mix in expectation; it is
+    # drawn once per (seed, client), so every method of a comparison sees the same one.
+    evaluated = part.cap_examples(np.arange(y_te.shape[0]),
+                                  data_config.max_eval_examples_per_client, rng(_EVAL_CAP))
+    x_te, y_te = x_te[evaluated], y_te[evaluated]
     if data_config.label_permutation:
       perm = rng(_LABEL_PERM).permutation(c.num_classes)
       y_tr, y_te = perm[y_tr], perm[y_te]
@@ -249,6 +254,9 @@ def _describe(head: str, num_clients: int, data_config) -> str:
     items.append(f"inputs normalized {data_config.normalization}")
   if data_config.max_examples_per_client > 0:
     items.append(f"<= {data_config.max_examples_per_client} train examples/client")
+  if data_config.max_eval_examples_per_client > 0:
+    items.append(f"<= {data_config.max_eval_examples_per_client} evaluated "
+                 "examples/client")
   if data_config.validation_fraction > 0:
     items.append(f"{data_config.validation_fraction:g} of train held out"
                  + (", evaluated on it" if data_config.evaluate_on == "validation" else ""))
