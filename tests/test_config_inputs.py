@@ -294,6 +294,10 @@ LAUNCHES = [
      "error: {tmp}/numpy_config.py: line 5:"),
     (["launch/reproduce.py", "--budget_steps=abc", "--results", "{tmp}/runs.jsonl"],
      "error: flag --budget_steps=abc: invalid literal for int()"),
+    (["launch/compare_v2.py", "--profile=laptop", "--results", "{tmp}/runs.jsonl"],
+     "error: --profile: must be one of ['full', 'cpu', 'gpu', 'test'], got 'laptop'"),
+    (["launch/compare_v2.py", "--profile=cpu", "--methods=fedsgd", "--results",
+      "{tmp}/runs.jsonl"], "error: --methods: ['fedsgd'] not in profile 'cpu'"),
 ]
 
 

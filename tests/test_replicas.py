@@ -162,6 +162,18 @@ def test_runs_whose_rates_are_program_constants_train_one_after_another(tmp_path
   assert "another program" in capsys.readouterr().out
 
 
+def test_runs_one_after_another_load_their_shared_data_once(tmp_path, monkeypatch):
+  built = []
+  real = data.build_federation
+  monkeypatch.setattr(data, "build_federation",
+                      lambda *args: built.append(args[1]) or real(*args))
+  configs = [_tiny(**{"algorithm": "fedavg", "client_optimizer.learning_rate": lr})
+             for lr in (0.05, 0.1)]
+  results = train.train_replicas(configs, [tmp_path / "a", tmp_path / "b"])
+  assert built == [configs[0].seed]  # the second run reused the first one's federation
+  assert all(np.isfinite(r.eval_metrics["test/accuracy_mean"]) for r in results)
+
+
 def test_the_replicated_runner_traces_once_and_a_second_trace_fails():
   configs = lr_grid.grid_configs(_tiny(), SERVER_LRS, CLIENT_LRS, 3, 2)
   fed = data.build_federation(configs[0].data, configs[0].seed)

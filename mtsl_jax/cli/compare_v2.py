@@ -36,8 +36,8 @@ _REPORT = flags.DEFINE_string("report", "results/v2/REPORT.md", "The report to w
 _SCRATCH = flags.DEFINE_string("scratch", "workdirs/compare_v2", "Per-run workdirs.")
 _TFDS = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir ('' = TFDS's default: "
                             "$TFDS_DATA_DIR, else ~/tensorflow_datasets).")
-_CHUNK = flags.DEFINE_integer("chunk_size", 0, "Tuning points per vmapped program (0: a "
-                              "whole grid round; on a CPU 5 keeps memory small).")
+_CHUNK = flags.DEFINE_integer("chunk_size", 0, "Tuning points per vmapped program (0: the "
+                              "profile's; the cpu profile's 5 keeps memory small).")
 
 
 def _check() -> str | None:

@@ -318,7 +318,12 @@ def write_report(results: pathlib.Path, report: pathlib.Path) -> None:
   lines = ["# Reproducing the MTSL comparison (Zheng & Eryilmaz, arXiv 2406.00150)", "",
            f"Generated from `{results}` ({len(all_records)} run records) by `{REGENERATE}`. "
            "Rerun every experiment: `python launch/reproduce.py --tfds_data_dir=<TFDS dir>` "
-           "(finished runs are skipped).", ""]
+           "(finished runs are skipped).", "",
+           "**This is version 1.** Its protocol ties the server and client learning rates, "
+           "cuts an MLP with most parameters on the clients, and reports population stds of "
+           "3 seeds without tests; it cannot settle the paper's claims. Version 2 (CNN "
+           "server-heavy cuts, 2-D rate tuning, paired tests over seeds, link-model "
+           "wall-clock) is [results/v2/REPORT.md](v2/REPORT.md).", ""]
   lines += _setup(all_records)
   lines += _claims(all_records, main)
   lines += ["## Results", ""]

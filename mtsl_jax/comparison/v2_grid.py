@@ -162,6 +162,8 @@ class Profile:
     max_eval_examples: cap on each client's evaluated examples (0: none).
     noise: run the noise rows.
     reductions: one line per way this profile departs from the full grid.
+    tune_chunk: tuning points per vmapped program (0: a whole grid round); bounds the
+      memory of the vmapped evaluation.
   """
   datasets: dict[str, tuple[str, ...]]
   methods: tuple[str, ...]
@@ -171,6 +173,7 @@ class Profile:
   max_eval_examples: int
   noise: bool
   reductions: tuple[str, ...]
+  tune_chunk: int = 0
 
 
 PROFILES: dict[str, Profile] = {
@@ -183,7 +186,11 @@ PROFILES: dict[str, Profile] = {
                     "tuning runs 100 client steps, not 2000",
                     "evaluations on a random 200 examples per client (same subset for "
                     "every method of a seed), not the whole split",
-                    "K = 5 only; no noise rows")),
+                    "K = 5 only; no noise rows"), tune_chunk=5),
+    # What one GPU session fills first: CIFAR-10's CPU settings at the full budget.
+    "gpu": Profile({"cifar10": ("dirichlet_0.1", "dirichlet_0.5")}, MAIN_METHODS,
+                   (0, 1, 2, 3, 4), {}, {}, 0, False,
+                   ("CIFAR-10 under Dirichlet 0.1 and 0.5 only", "K = 5 only; no noise rows")),
     "test": Profile({"synthetic": ()}, MAIN_METHODS, (0, 1), {}, {}, 0, False,
                     ("embedded synthetic data, tiny budgets: a pipeline check",)),
 }
@@ -279,6 +286,8 @@ def make_config(dataset: str, setting: str, method: str, server_lr: float, clien
   c.data.validation_fraction = VALIDATION_FRACTION
   c.data.evaluate_on = "validation" if tune else "test"
   c.data.max_eval_examples_per_client = max_eval_examples
+  if max_eval_examples:  # evaluation chunks no longer than the capped split (no padding)
+    c.eval_batch_size = min(c.eval_batch_size, max_eval_examples)
   c.data.tfds_data_dir = tfds_data_dir
   for key, value in {**spec.data, **SETTINGS[setting]}.items():
     c.data[key] = value

@@ -261,10 +261,11 @@ def run_profile(paths: Paths, profile_name: str, phases: Sequence[str] = ("tune"
     profile_name: a key of v2_grid.PROFILES.
     phases: any of 'tune', 'main'.
     datasets, methods: subsets of the profile's (None: all of them).
-    chunk_size: grid points per vmapped tuning program (0: a whole round).
+    chunk_size: grid points per vmapped tuning program (0: the profile's `tune_chunk`).
     verbose: print progress lines.
   """
   profile = v2_grid.PROFILES[profile_name]
+  chunk_size = chunk_size or profile.tune_chunk
   for dataset in datasets or profile.datasets:
     spec = v2_grid.DATASETS[dataset]
     for method in methods or profile.methods:

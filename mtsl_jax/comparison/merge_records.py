@@ -1,0 +1,52 @@
+"""Appends to a records file the records of another that it does not hold yet.
+
+Records computed elsewhere (a GPU session writes into a copy of `results/v2/runs.jsonl`)
+come back by merging: every record of the source whose key (`v2_records.key`) the
+destination lacks is appended, in the source's order; nothing in the destination changes.
+
+  python -m mtsl_jax.comparison.merge_records SOURCE DESTINATION
+"""
+
+import pathlib
+import sys
+
+from mtsl_jax.comparison import records, v2_records
+
+
+def merge(source: pathlib.Path, destination: pathlib.Path) -> int:
+  """Appends `source`'s new records to `destination`.
+
+  Args:
+    source: a records JSONL (e.g. a device's copy).
+    destination: the records JSONL to extend (created if missing).
+
+  Returns:
+    The number of records appended.
+  """
+  out = records.ResultsFile(destination)
+  have = {v2_records.key(r) for r in out.load()}
+  new = []
+  for record in records.ResultsFile(source).load():
+    if v2_records.key(record) not in have:
+      have.add(v2_records.key(record))
+      new.append(record)
+  out.append(new)
+  return len(new)
+
+
+def main(argv: list[str]) -> int:
+  """`merge_records SOURCE DESTINATION`; prints how many records were appended."""
+  if len(argv) != 3:
+    print("usage: python -m mtsl_jax.comparison.merge_records SOURCE DESTINATION",
+          file=sys.stderr)
+    return 2
+  source = pathlib.Path(argv[1])
+  if not source.exists():
+    print(f"error: SOURCE: no file {source}", file=sys.stderr)
+    return 2
+  print(f"appended {merge(source, pathlib.Path(argv[2]))} records to {argv[2]}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
