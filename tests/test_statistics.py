@@ -57,3 +57,34 @@ def test_plateau_rule():
   dip = [0.5, 0.7, 0.69, 0.69, 0.80, 0.81, 0.811, 0.811, 0.812, 0.812]
   assert statistics.plateau_step(steps, dip, window=2, min_gain=0.005) == 200
   assert statistics.plateau_step(steps, dip, window=3, min_gain=0.005) == 600
+
+
+def test_a_curve_has_plateaued_when_its_last_fifth_gains_less_than_min_gain():
+  # 10 evaluations: the tail is the last ceil(0.2 * 10) = 2, the head the first 8.
+  head = [0.2, 0.5, 0.7, 0.8, 0.78, 0.79, 0.8, 0.8]
+  assert statistics.plateaued(head + [0.802, 0.801])      # gain 0.002 < 0.003
+  assert not statistics.plateaued(head + [0.79, 0.804])   # gain 0.004: still rising
+  assert statistics.plateaued(head + [0.7, 0.75])         # a lower tail: no gain at all
+  # The gain must be strictly below min_gain (exact binary fractions: no rounding).
+  assert not statistics.plateaued([0.5, 0.625], fraction=0.2, min_gain=0.125)
+  assert statistics.plateaued([0.5, 0.625], fraction=0.2, min_gain=0.25)
+
+
+def test_the_plateau_tail_is_at_least_one_and_at_most_all_but_one_evaluation():
+  # 7 evaluations, fraction 0.2: ceil(1.4) = 2 in the tail.
+  assert not statistics.plateaued([0.1, 0.2, 0.3, 0.4, 0.5, 0.9, 0.5], min_gain=0.1)
+  assert statistics.plateaued([0.1, 0.2, 0.3, 0.4, 0.9, 0.5, 0.5], min_gain=0.1)
+  # 30 evaluations, fraction 0.1: 0.1 * 30 is 3.0000000000000004 in floats, the tail 3.
+  # With the jump 4 evaluations from the end, a tail of 3 gains 0, a tail of 4 gains 0.9.
+  curve = [0.0] * 26 + [0.9, 0.9, 0.9, 0.9]
+  assert statistics.plateaued(curve, fraction=0.1, min_gain=0.01)
+  assert not statistics.plateaued(curve, fraction=0.12, min_gain=0.01)  # ceil(3.6) = 4
+  # 2 evaluations: the tail is the last one whatever the fraction.
+  assert statistics.plateaued([0.6, 0.601], fraction=0.9)
+  for bad in ([0.5], []):
+    with pytest.raises(ValueError, match="at least 2"):
+      statistics.plateaued(bad)
+  with pytest.raises(ValueError, match="finite"):
+    statistics.plateaued([0.5, float("nan")])
+  with pytest.raises(ValueError, match="fraction"):
+    statistics.plateaued([0.5, 0.6], fraction=1.0)

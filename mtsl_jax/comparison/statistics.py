@@ -12,10 +12,13 @@ Used by the comparison (v2) and the "when does the server help" study. Conventio
     or 'not significant' (it contains zero);
   * a run has reached its plateau (`plateau_step`) when its evaluated accuracy gains less
     than `min_gain` over the following `window` evaluations; a budget "trains to a
-    plateau" when the plateau is reached before the budget ends (`at_plateau`).
+    plateau" when the plateau is reached before the budget ends (`at_plateau`). A whole
+    curve has plateaued (`plateaued`) when its last fraction of evaluations gains less
+    than `min_gain` over the best before them.
 """
 
 import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
@@ -165,3 +168,38 @@ def at_plateau(steps: Sequence[int], accuracies: Sequence[float], window: int,
                min_gain: float) -> bool:
   """Whether the curve reached its plateau within its budget (see `plateau_step`)."""
   return plateau_step(steps, accuracies, window, min_gain) is not None
+
+
+def plateaued(accuracies: Sequence[float], fraction: float = 0.2,
+              min_gain: float = 0.003) -> bool:
+  """Whether a run's curve has reached its plateau by the end of its budget.
+
+  With n evaluations a_1..a_n, the tail is the last k = ceil(fraction * n) of them, k at
+  least 1 and at most n - 1 (so the head a_1..a_{n-k} is never empty). The run has
+  plateaued when max(a_{n-k+1}, ..., a_n) - max(a_1, ..., a_{n-k}) < min_gain: its last
+  `fraction` of the budget improved on the best accuracy before it by less than
+  `min_gain` (a tail that ends lower than the head also counts as plateaued). E.g. 50
+  evaluations, fraction 0.2: the last 10 against the first 40.
+
+  Args:
+    accuracies: the evaluated accuracy of each evaluation, in order (at least 2).
+    fraction: the tail's share of the evaluations, in (0, 1).
+    min_gain: the gain of the tail that still counts as progress.
+
+  Returns:
+    True when the tail's gain is below `min_gain`.
+
+  Raises:
+    ValueError: fewer than 2 evaluations, a non-finite accuracy, or a fraction outside
+      (0, 1).
+  """
+  acc = np.asarray(accuracies, np.float64)
+  if acc.ndim != 1 or acc.size < 2:
+    raise ValueError(f"plateaued needs at least 2 evaluations, got {acc.size}")
+  if not np.all(np.isfinite(acc)):
+    raise ValueError(f"plateaued needs finite accuracies, got {acc.tolist()}")
+  if not 0 < fraction < 1:
+    raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+  # The tolerance keeps products such as 0.1 * 30 = 3.0000000000000004 at 3, not 4.
+  tail = min(acc.size - 1, max(1, math.ceil(fraction * acc.size - 1e-9)))
+  return bool(acc[-tail:].max() - acc[:-tail].max() < min_gain)
