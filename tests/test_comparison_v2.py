@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mtsl_jax import cut_costs, models, validation
-from mtsl_jax.comparison import exchanges, records, v2_grid, v2_records, v2_runner
+from mtsl_jax.comparison import (exchanges, records, v2_grid, v2_records, v2_report,
+                                 v2_runner)
 
 
 def test_every_config_of_every_profile_builds_and_validates():
@@ -176,6 +177,13 @@ def test_tiny_v2_pipeline_tunes_trains_records_and_resumes(tmp_path, monkeypatch
   assert paths.results.read_text() == before  # everything recorded: nothing reruns
   assert all(json.loads(line) for line in before.splitlines())
   assert np.all([r["server_lr"] is None for r in recs if r["method"] == "local"])
+  # The report reads the same records: every claim between the rows run has a verdict.
+  report = tmp_path / "report" / "REPORT.md"
+  v2_report.write_report(paths.results, report)
+  text = report.read_text()
+  for baseline in ("fedavg", "local"):
+    row = next(r for r in text.splitlines() if r.startswith(f"| mtsl_bottom > {baseline} |"))
+    assert row.split("|")[2].split()[0] in ("holds", "not", "fails"), row
 
 
 def test_merging_records_appends_only_new_keys(tmp_path):
