@@ -1,6 +1,7 @@
 """The comparison v2: its grid builds valid configs, its cuts are server-heavy, exchanges
 and tuning choices match hand answers, and a tiny end-to-end run resumes from records."""
 
+import dataclasses
 import json
 import math
 
@@ -197,3 +198,19 @@ def test_merging_records_appends_only_new_keys(tmp_path):
   assert [r["client_lr"] for r in records.ResultsFile(here).load()] == [1, 2]
   assert "where" not in records.ResultsFile(here).load()[0]  # the old record is kept
   assert merge_records.main(["x", str(tmp_path / "missing"), str(here)]) == 2
+
+
+def test_a_cell_trained_seed_by_seed_records_what_the_vmapped_cell_does(tmp_path, monkeypatch):
+  point = {"server_lr": 0.1, "client_lr": 0.1}
+  out = {}
+  for vmap in (True, False):
+    profile = dataclasses.replace(v2_grid.PROFILES["test"], vmap_seeds=vmap)
+    monkeypatch.setitem(v2_grid.PROFILES, "test", profile)
+    paths = v2_runner.Paths(tmp_path / f"{vmap}.jsonl", tmp_path / f"scratch_{vmap}")
+    out[vmap] = v2_runner.run_cell(paths, "test", "synthetic", "synthetic", "mtsl_bottom",
+                                   point, verbose=False)
+  for grouped, alone in zip(out[True], out[False]):
+    assert grouped["seed"] == alone["seed"] and grouped["exchanges"] == alone["exchanges"]
+    assert alone["where"]["replicas_in_program"] == 1
+    np.testing.assert_allclose(alone["curve"]["accuracy_mean"],
+                               grouped["curve"]["accuracy_mean"], atol=0.02)

@@ -167,6 +167,9 @@ class Profile:
     reductions: one line per way this profile departs from the full grid.
     tune_chunk: tuning points per vmapped program (0: a whole grid round); bounds the
       memory of the vmapped evaluation.
+    vmap_seeds: train a main cell's seeds as one vmapped program (on a GPU); False
+      trains them one after another, which a CPU does faster (a conv net's replicas do
+      not share its cores better than runs in turn).
   """
   datasets: dict[str, tuple[str, ...]]
   methods: tuple[str, ...]
@@ -177,6 +180,7 @@ class Profile:
   noise: bool
   reductions: tuple[str, ...]
   tune_chunk: int = 0
+  vmap_seeds: bool = True
 
 
 PROFILES: dict[str, Profile] = {
@@ -189,7 +193,7 @@ PROFILES: dict[str, Profile] = {
                     "tuning runs 100 client steps, not 2000",
                     "evaluations on a random 200 examples per client (same subset for "
                     "every method of a seed), not the whole split",
-                    "K = 5 only; no noise rows"), tune_chunk=5),
+                    "K = 5 only; no noise rows"), tune_chunk=5, vmap_seeds=False),
     # What one GPU session fills first: CIFAR-10's CPU settings at the full budget.
     "gpu": Profile({"cifar10": ("dirichlet_0.1", "dirichlet_0.5")}, MAIN_METHODS,
                    (0, 1, 2, 3, 4), {}, {}, 0, False,

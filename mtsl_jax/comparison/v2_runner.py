@@ -27,7 +27,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from mtsl_jax import lr_grid, seed_batch
+from mtsl_jax import loop, lr_grid, seed_batch, train
 from mtsl_jax.comparison import exchanges, records, v2_grid, v2_records
 
 
@@ -220,22 +220,37 @@ def run_cell(paths: Paths, profile_name: str, dataset: str, setting: str, method
   cell = paths.scratch / profile_name / "main" / dataset / cell_name / method
   workdirs = [cell / f"seed={s}" for s in todo]
   start = time.perf_counter()
-  results = seed_batch.train_seeds(config, todo, workdirs, allow_single=True,
-                                   group_dir=cell / f"seeds={','.join(map(str, todo))}")
+  if profile.vmap_seeds:
+    replicas = len(todo)
+    results = seed_batch.train_seeds(config, todo, workdirs, allow_single=True,
+                                     group_dir=cell / f"seeds={','.join(map(str, todo))}")
+    messages = results[0].algorithm.traffic.messages
+    diverged = [r.diverged for r in results]
+  else:
+    replicas, diverged, messages = 1, [], None
+    for s, w in zip(todo, workdirs):
+      diverged.append(None)
+      try:
+        result = train.train_and_evaluate(seed_batch.seed_configs(config, [s])[0], w,
+                                          verbose=False, federations={})
+        messages = result.algorithm.traffic.messages
+      except loop.NonFiniteError as e:  # divergence is a result, not a reason to stop
+        diverged[-1] = str(e)
+    if messages is None:  # every seed diverged: the messages of an untrained build
+      messages = train.prepare_run(config)[1].traffic.messages
   per = v2_grid.client_steps_per_step(method, dataset)
   k = v2_grid.local_steps_value(method, dataset)
-  step_exchanges = exchanges.step_exchanges(results[0].algorithm.traffic.messages,
-                                            k if "splitfed" in method else None)
+  step_exchanges = exchanges.step_exchanges(messages, k if "splitfed" in method else None)
   new = []
-  for s, w, result in zip(todo, workdirs, results):
+  for s, w, message in zip(todo, workdirs, diverged):
     rec = dict(base, seed=s, budget_client_steps=config.num_steps * per,
                num_steps=config.num_steps, eval_every=config.eval_every,
                client_steps_per_step=per, batch_size=config.batch_size,
                exchanges=step_exchanges, reductions=list(profile.reductions),
-               where=where_computed(len(todo)),
-               compute_seconds_per_step=compute_seconds_per_step(w, len(todo)))
-    if result.diverged is not None:
-      rec.update(diverged=result.diverged.splitlines()[0], curve=None, final=None)
+               where=where_computed(replicas),
+               compute_seconds_per_step=compute_seconds_per_step(w, replicas))
+    if message is not None:
+      rec.update(diverged=message.splitlines()[0], curve=None, final=None)
     else:
       rec.update(diverged=None, **records.read_run(w, per))
     new.append(rec)
