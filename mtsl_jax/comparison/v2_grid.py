@@ -167,6 +167,9 @@ class Profile:
     reductions: one line per way this profile departs from the full grid.
     tune_chunk: tuning points per vmapped program (0: a whole grid round); bounds the
       memory of the vmapped evaluation.
+    eval_batch_size: evaluation chunk per client (0: the config's). On a CPU a conv
+      net's convolutions gather patches, whose memory grows with the chunk: small
+      chunks evaluate several times faster there, with the same counts.
     vmap_seeds: train a main cell's seeds as one vmapped program (on a GPU); False
       trains them one after another, which a CPU does faster (a conv net's replicas do
       not share its cores better than runs in turn).
@@ -180,6 +183,7 @@ class Profile:
   noise: bool
   reductions: tuple[str, ...]
   tune_chunk: int = 0
+  eval_batch_size: int = 0
   vmap_seeds: bool = True
 
 
@@ -193,7 +197,8 @@ PROFILES: dict[str, Profile] = {
                     "tuning runs 100 client steps, not 2000",
                     "evaluations on a random 200 examples per client (same subset for "
                     "every method of a seed), not the whole split",
-                    "K = 5 only; no noise rows"), tune_chunk=5, vmap_seeds=False),
+                    "K = 5 only; no noise rows"), tune_chunk=5, eval_batch_size=20,
+                   vmap_seeds=False),
     # What one GPU session fills first: CIFAR-10's CPU settings at the full budget.
     "gpu": Profile({"cifar10": ("dirichlet_0.1", "dirichlet_0.5")}, MAIN_METHODS,
                    (0, 1, 2, 3, 4), {}, {}, 0, False,
@@ -260,6 +265,7 @@ def schedule(method: str, dataset: str, client_steps: int,
 def make_config(dataset: str, setting: str, method: str, server_lr: float, client_lr: float,
                 *, tune: bool, client_steps: int, evals: int, seed: int = 0,
                 noise: str | None = None, max_eval_examples: int = 0,
+                eval_batch_size: int = 0,
                 tfds_data_dir: str = "") -> ml_collections.ConfigDict:
   """The config of one run of the comparison v2.
 
@@ -272,6 +278,7 @@ def make_config(dataset: str, setting: str, method: str, server_lr: float, clien
     seed: the run's seed.
     noise: a key of NOISE (per-client linear levels), or None.
     max_eval_examples: cap on each client's evaluated examples (0: none).
+    eval_batch_size: evaluation chunk per client (0: the config's, or the cap if smaller).
     tfds_data_dir: TFDS data_dir ('' = TFDS's default).
 
   Returns:
@@ -295,6 +302,8 @@ def make_config(dataset: str, setting: str, method: str, server_lr: float, clien
   c.data.max_eval_examples_per_client = max_eval_examples
   if max_eval_examples:  # evaluation chunks no longer than the capped split (no padding)
     c.eval_batch_size = min(c.eval_batch_size, max_eval_examples)
+  if eval_batch_size:
+    c.eval_batch_size = eval_batch_size
   c.data.tfds_data_dir = tfds_data_dir
   for key, value in {**spec.data, **SETTINGS[setting]}.items():
     c.data[key] = value

@@ -156,6 +156,7 @@ def _train_tuning_points(paths, out, base, todo, tune_steps, profile, chunk_size
   config = v2_grid.make_config(dataset, base["setting"], method, server[0], client[0],
                                tune=True, client_steps=tune_steps, evals=v2_grid.TUNE_EVALS,
                                max_eval_examples=profile.max_eval_examples,
+                               eval_batch_size=profile.eval_batch_size,
                                tfds_data_dir=paths.tfds_data_dir)
   every, num_evals = config.eval_every, config.num_steps // config.eval_every
   workdir = paths.scratch / base["profile"] / "tune" / dataset / method / f"round={round_}"
@@ -215,46 +216,43 @@ def run_cell(paths: Paths, profile_name: str, dataset: str, setting: str, method
                                point["client_lr"], tune=False, client_steps=max_steps,
                                evals=v2_grid.EVALS, noise=noise,
                                max_eval_examples=profile.max_eval_examples,
+                               eval_batch_size=profile.eval_batch_size,
                                tfds_data_dir=paths.tfds_data_dir)
   cell_name = f"{setting}_{noise}" if noise else setting
   cell = paths.scratch / profile_name / "main" / dataset / cell_name / method
   workdirs = [cell / f"seed={s}" for s in todo]
   start = time.perf_counter()
+  per = v2_grid.client_steps_per_step(method, dataset)
+  k = v2_grid.local_steps_value(method, dataset) if "splitfed" in method else None
+
+  def record(seed, workdir, diverged, messages, replicas):
+    rec = dict(base, seed=seed, budget_client_steps=config.num_steps * per,
+               num_steps=config.num_steps, eval_every=config.eval_every,
+               client_steps_per_step=per, batch_size=config.batch_size,
+               exchanges=exchanges.step_exchanges(messages, k),
+               reductions=list(profile.reductions), where=where_computed(replicas),
+               compute_seconds_per_step=compute_seconds_per_step(workdir, replicas))
+    if diverged is not None:
+      return dict(rec, diverged=diverged.splitlines()[0], curve=None, final=None)
+    return dict(rec, diverged=None, **records.read_run(workdir, per))
+
+  new = []
   if profile.vmap_seeds:
-    replicas = len(todo)
     results = seed_batch.train_seeds(config, todo, workdirs, allow_single=True,
                                      group_dir=cell / f"seeds={','.join(map(str, todo))}")
-    messages = results[0].algorithm.traffic.messages
-    diverged = [r.diverged for r in results]
-  else:
-    replicas, diverged, messages = 1, [], None
+    new = [record(s, w, r.diverged, r.algorithm.traffic.messages, len(todo))
+           for s, w, r in zip(todo, workdirs, results)]
+    out.append(new)
+  else:  # one seed after another, each recorded as it finishes
     for s, w in zip(todo, workdirs):
-      diverged.append(None)
       try:
         result = train.train_and_evaluate(seed_batch.seed_configs(config, [s])[0], w,
                                           verbose=False, federations={})
-        messages = result.algorithm.traffic.messages
+        diverged, messages = None, result.algorithm.traffic.messages
       except loop.NonFiniteError as e:  # divergence is a result, not a reason to stop
-        diverged[-1] = str(e)
-    if messages is None:  # every seed diverged: the messages of an untrained build
-      messages = train.prepare_run(config)[1].traffic.messages
-  per = v2_grid.client_steps_per_step(method, dataset)
-  k = v2_grid.local_steps_value(method, dataset)
-  step_exchanges = exchanges.step_exchanges(messages, k if "splitfed" in method else None)
-  new = []
-  for s, w, message in zip(todo, workdirs, diverged):
-    rec = dict(base, seed=s, budget_client_steps=config.num_steps * per,
-               num_steps=config.num_steps, eval_every=config.eval_every,
-               client_steps_per_step=per, batch_size=config.batch_size,
-               exchanges=step_exchanges, reductions=list(profile.reductions),
-               where=where_computed(replicas),
-               compute_seconds_per_step=compute_seconds_per_step(w, replicas))
-    if message is not None:
-      rec.update(diverged=message.splitlines()[0], curve=None, final=None)
-    else:
-      rec.update(diverged=None, **records.read_run(w, per))
-    new.append(rec)
-  out.append(new)
+        diverged, messages = str(e), train.prepare_run(config)[1].traffic.messages
+      new.append(record(s, w, diverged, messages, 1))
+      out.append(new[-1:])
   if verbose:
     accs = " ".join("diverged" if r["final"] is None else f"{r['final']['accuracy_mean']:.3f}"
                     for r in new)
