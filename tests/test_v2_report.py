@@ -260,3 +260,13 @@ def test_report_of_a_synthetic_run_and_of_no_records(tmp_path):
   assert "No main records yet: no claim can be judged." in _first_screen(text)
   assert "No tuning records yet." in _first_screen(text)
 
+
+
+def test_unequal_tuning_effort_is_named_among_the_threats():
+  grids = {("cpu", "cifar10", "mtsl_bottom"): {"chosen": {"edges": []}, "runs": 30},
+           ("cpu", "cifar10", "fedavg"): {"chosen": {"edges": []}, "runs": 25}}
+  notes = v2_analysis.validity_notes({}, grids)
+  assert notes == ["Unequal tuning effort (grids extended at an edge have more runs): "
+                   "cpu: cifar10 (mtsl_bottom 30, fedavg 25)."]
+  grids[("cpu", "cifar10", "fedavg")]["runs"] = 30
+  assert v2_analysis.validity_notes({}, grids) == []

@@ -495,6 +495,12 @@ def validity_notes(summ: dict[tuple, dict], grids: dict[tuple, dict]) -> list[st
             if s["eval_spacing"] > MAX_EVAL_SPACING + 1e-12]
   few = [f"{name(k)} ({len(s['seeds'])})" for k, s in summ.items()
          if len(s["seeds"]) < FEW_SEEDS]
+  # Edge extensions give a method more tuning runs than the others: unequal effort.
+  by_dataset = collections.defaultdict(dict)
+  for (p, d, m), g in grids.items():
+    by_dataset[(p, d)][m] = g["runs"]
+  unequal = [f"{p}: {d} (" + ", ".join(f"{m} {n}" for m, n in runs.items()) + ")"
+             for (p, d), runs in by_dataset.items() if len(set(runs.values())) > 1]
   for items, text in (
       (edges, "Tuned points on an edge of their grid (a rate beyond it might do better)"),
       (untuned, "Tuning grids with no finite point (every run diverged)"),
@@ -502,7 +508,8 @@ def validity_notes(summ: dict[tuple, dict], grids: dict[tuple, dict]) -> list[st
                    "(`statistics.plateaued`: the last 20% of evaluations gain >= 0.003)"),
       (sparse, f"Cells evaluated more sparsely than every {100 * MAX_EVAL_SPACING:g}% of "
                "the budget (targets are reached later than they are recorded)"),
-      (few, f"Cells with fewer than {FEW_SEEDS} seeds")):
+      (few, f"Cells with fewer than {FEW_SEEDS} seeds"),
+      (unequal, "Unequal tuning effort (grids extended at an edge have more runs)")):
     if items:
       lines.append(f"{text}: {'; '.join(items)}.")
   return lines
