@@ -393,6 +393,12 @@ THREATS = (
     "the server; SplitFed v2's server serves clients in turn, which it does not price.",
     "Compute time per step is measured on the machine that ran the records, with all "
     "clients simulated together in one program, not on separate client devices.",
+    "Runs do not stop at their plateau: every run trains the stated maximum and reports its "
+    "final evaluation; the plateau rule is applied afterwards, to the test curve (a "
+    "validation curve per run would double the evaluation cost), and only marks cells. "
+    "It chooses nothing, so no choice is made on the test set.",
+    "The paired tests are not corrected for multiple comparisons (12 claims per setting): "
+    "at 5% about one claim in twenty reads 'holds' or 'fails' by chance.",
 )
 
 
