@@ -4,6 +4,10 @@ and tuning choices match hand answers, and a tiny end-to-end run resumes from re
 import dataclasses
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,3 +218,20 @@ def test_a_cell_trained_seed_by_seed_records_what_the_vmapped_cell_does(tmp_path
     assert alone["where"]["replicas_in_program"] == 1
     np.testing.assert_allclose(alone["curve"]["accuracy_mean"],
                                grouped["curve"]["accuracy_mean"], atol=0.02)
+
+
+def test_the_device_script_stops_at_its_budget_and_keeps_its_records(tmp_path):
+  # The GPU script on the embedded data ('test' profile): whatever finished before the
+  # budget is in the copy of the records, every line whole, each naming its machine.
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, OUT=str(tmp_path / "out"), PROFILE="test",
+             SCRATCH=str(tmp_path / "scratch"),
+             PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
+  proc = subprocess.run(["bash", "benchmarks/gpu_comparison_v2.sh", "25"], cwd=root, env=env,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = records.ResultsFile(tmp_path / "out" / "runs.jsonl")
+  assert len(out.load()) == len(out.path.read_text().splitlines())  # no torn line
+  recs = [r for r in out.load() if r["profile"] == "test"]
+  assert recs and all(r["where"]["backend"] == "cpu" for r in recs)
+  assert "records:" in (tmp_path / "out" / "compare.txt").read_text()
