@@ -134,6 +134,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.split.task_weights = "uniform"  # 'uniform' | 'data_size' (w_m in the objective)
   c.split.implementation = "fused"  # 'fused' | 'protocol' (message by message)
   c.split.client_lr_multipliers = ()  # () or one positive float per client
+  # Ablations of the shared part: the server part kept at its initialization (its
+  # updates are zero: random features), and every client's part starting from one
+  # initialization ('common', client 0's) instead of one per client ('independent').
+  c.split.freeze_server = False
+  c.split.client_init = "independent"
 
   # ---- optimization ------------------------------------------------------------------
   c.server_optimizer = optimizer_config("sgd", 0.1)

@@ -62,6 +62,8 @@ LATER_FIELDS = {
     "fl.local_epochs": 0,
     "fl.aggregation_weights": _earlier_aggregation_weights,
     "data.max_eval_examples_per_client": 0,
+    "split.freeze_server": False,
+    "split.client_init": "independent",
 }
 
 

@@ -40,6 +40,7 @@ class StepContext:
     lr_multipliers_M: per-client learning-rate multipliers, float32 [M].
     batch_size: examples per client per step.
     implementation: 'fused' or 'protocol'.
+    common_client_init: every client's part starts from client 0's initialization.
   """
   split: split_model.SplitModel
   server_tx: optax.GradientTransformation
@@ -49,6 +50,7 @@ class StepContext:
   lr_multipliers_M: jax.Array
   batch_size: int
   implementation: str = "fused"
+  common_client_init: bool = False
 
   def gradients(self, server_params, client_params, x, y):
     """(server_grads, client_grads, losses_M, accs_M) with the configured implementation."""
@@ -74,6 +76,8 @@ def init_state(ctx: StepContext, seed: int,
   root = jax.random.PRNGKey(seed)
   server_params, client_params = ctx.split.init(
       jax.random.fold_in(root, 0), input_shape, ctx.num_classes_M.shape[0])
+  if ctx.common_client_init:  # an ablation: one initialization for every client
+    client_params = jax.tree.map(lambda p: jnp.broadcast_to(p[:1], p.shape), client_params)
   (client_opt,) = split_state.map_clients(lambda p: (ctx.client_tx.init(p),), client_params)
   return split_state.SplitState(
       step=jnp.zeros((), jnp.int32),

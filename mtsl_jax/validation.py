@@ -39,6 +39,7 @@ NOISE_PROFILES = ("constant", "linear")
 TASK_WEIGHTS = ("uniform", "data_size")
 AGGREGATION_WEIGHTS = ("data_size", "uniform")
 IMPLEMENTATIONS = ("fused", "protocol")
+CLIENT_INITS = ("independent", "common")
 DTYPES = ("float32", "bfloat16")
 
 # ---- Upper bounds -------------------------------------------------------------------------
@@ -326,6 +327,10 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("split.client_top_blocks", lambda v: v >= 0, "an integer >= 0"),
       ("split.task_weights", *one_of(TASK_WEIGHTS)),
       ("split.implementation", *one_of(IMPLEMENTATIONS)),
+      ("split.client_init", *one_of(CLIENT_INITS)),
+      ("split.client_init", lambda v: v == "independent" or not c.model.client_width_groups,
+       "'independent' with model.client_width_groups (clients of other widths cannot "
+       "share one initialization)"),
       ("split.client_lr_multipliers",
        lambda v: len(v) in (0, c.data.num_clients) and all(m > 0 for m in v),
        "() or one positive number per client (data.num_clients of them)"),

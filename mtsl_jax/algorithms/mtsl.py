@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mtsl_jax import client_groups, data, ledger, models, optimizers, split
 from mtsl_jax.algorithms.base import Algorithm
@@ -43,13 +44,16 @@ def make_step_context(config, federation: data.Federation) -> split.StepContext:
   return split.StepContext(
       split=client_groups.make_split_model(config.model, config.split,
                                            int(setup.num_classes_M.max())),
-      server_tx=optimizers.make_optimizer(config.server_optimizer, config.num_steps),
+      # A frozen server part takes zero updates: it stays at its initialization.
+      server_tx=(optax.set_to_zero() if config.split.freeze_server else
+                 optimizers.make_optimizer(config.server_optimizer, config.num_steps)),
       client_tx=optimizers.make_optimizer(config.client_optimizer, config.num_steps),
       num_classes_M=setup.classes,
       weights_M=setup.weights_M,
       lr_multipliers_M=jnp.asarray(multipliers, jnp.float32),
       batch_size=config.batch_size,
-      implementation=config.split.implementation)
+      implementation=config.split.implementation,
+      common_client_init=config.split.client_init == "common")
 
 
 def build(config, federation: data.Federation) -> Algorithm:

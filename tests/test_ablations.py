@@ -1,0 +1,61 @@
+"""Ablations of MTSL's shared part: a frozen server part and one common client init."""
+
+import jax
+import numpy as np
+import pytest
+
+from mtsl_jax import config_base, train
+
+
+def _tiny(**overrides):
+  c = config_base.base_config()
+  c.data.num_clients = 3
+  c.data.synthetic.max_examples = 80
+  c.model.hidden_sizes = (8, 8)
+  c.batch_size = 4
+  c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 2, 4, 4
+  c.progress_bar = False
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _trained(config, tmp_path):
+  _, algorithm = train.prepare_run(config)
+  result = train.train_and_evaluate(config, tmp_path, verbose=False)
+  return algorithm.init_state(), result.state
+
+
+@pytest.mark.parametrize("orientation", ["u_shaped", "bottom"])
+def test_a_frozen_server_part_keeps_its_initialization(tmp_path, orientation):
+  config = _tiny(**{"split.freeze_server": True, "split.orientation": orientation,
+                    "split.client_top_blocks": int(orientation == "u_shaped")})
+  start, end = _trained(config, tmp_path)
+  for a, b in zip(_leaves(start.server.params), _leaves(end.server.params)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(_leaves(start.clients.params), _leaves(end.clients.params)))
+  # Without the ablation the same run moves the server part.
+  start, end = _trained(_tiny(**{"split.orientation": orientation,
+                                 "split.client_top_blocks": int(orientation == "u_shaped")}),
+                        tmp_path / "free")
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(_leaves(start.server.params), _leaves(end.server.params)))
+
+
+def test_common_client_init_starts_every_client_from_client_0s_parameters(tmp_path):
+  common_start, common_end = _trained(_tiny(**{"split.client_init": "common"}), tmp_path)
+  own_start, _ = _trained(_tiny(), tmp_path / "own")
+  own = _leaves(own_start.clients.params)
+  for common, mine in zip(_leaves(common_start.clients.params), own):
+    np.testing.assert_array_equal(common, np.broadcast_to(mine[:1], mine.shape))
+  assert any(not np.array_equal(o[0], o[1]) for o in own)  # independent inits differ
+  # The server part and the per-step keys are those of the independent run.
+  for a, b in zip(_leaves(common_start.server.params), _leaves(own_start.server.params)):
+    np.testing.assert_array_equal(a, b)
+  # Clients train on their own data, so they part ways after the first step.
+  assert any(not np.array_equal(leaf[0], leaf[1])
+             for leaf in _leaves(common_end.clients.params))
