@@ -100,8 +100,10 @@ def run_grid(config: ml_collections.ConfigDict, server_lrs_G, client_lrs_G,
   size = chunk_size if 0 < chunk_size < total else total
   for start in range(0, total, size):
     part = slice(start, min(start + size, total))
+    # A point's divergence is a result of the grid: its curve ends (NaN) and the rest go on.
     train.train_replicas(configs[part], workdirs[part], verbose=verbose, allow_single=True,
-                         group_dir=workdir / "groups" / f"points={start}-{part.stop - 1}")
+                         group_dir=workdir / "groups" / f"points={start}-{part.stop - 1}",
+                         record_divergence=True)
   curves = [_curves(w, eval_every, num_evals) for w in workdirs]
   return np.stack([c[0] for c in curves]), np.stack([c[1] for c in curves])
 

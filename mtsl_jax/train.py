@@ -255,7 +255,8 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
                    workdirs_: Sequence[str | pathlib.Path], *,
                    group_dir: str | pathlib.Path | None = None, verbose: bool = False,
                    fallback_fn: Callable | None = None,
-                   allow_single: bool = False) -> list[TrainResult]:
+                   allow_single: bool = False,
+                   record_divergence: bool = False) -> list[TrainResult]:
   """Trains several runs as one vmapped program when they share one (else in turn).
 
   Args:
@@ -270,6 +271,9 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
       share a program (default `train_and_evaluate`).
     allow_single: train even one run as a group (of one), e.g. so that many short runs
       in one process share the group path's eager initialization.
+    record_divergence: a run trained on its own that diverges is returned with
+      `diverged` set (and no state or metrics), as a replica of a group is, instead of
+      raising; the runs after it still train (a learning-rate grid's large rates).
 
   Returns:
     One TrainResult per run, in order; a replica that diverged has `diverged` set.
@@ -306,7 +310,19 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
   logging.warning("runs %s train one after another: %s", [str(w) for w in workdirs_], reason)
   if verbose:
     print(f"train_replicas: {len(configs)} runs one after another: {reason}", flush=True)
-  return [fallback_fn(c, w, verbose=verbose) for c, w in zip(configs, workdirs_)]
+
+  def alone(config, workdir):
+    try:
+      return fallback_fn(config, workdir, verbose=verbose)
+    except loop.NonFiniteError as e:
+      if not record_divergence:
+        raise
+      if verbose:
+        print(f"train_replicas: {workdir} diverged: {str(e).splitlines()[0]}", flush=True)
+      return TrainResult(state=None, eval_metrics={}, train_metrics={},
+                         algorithm=prepare_run(config, built)[1], diverged=str(e))
+
+  return [alone(c, w) for c, w in zip(configs, workdirs_)]
 
 
 def _place(plan: _Plan, mesh):

@@ -174,6 +174,17 @@ def test_runs_one_after_another_load_their_shared_data_once(tmp_path, monkeypatc
   assert all(np.isfinite(r.eval_metrics["test/accuracy_mean"]) for r in results)
 
 
+def test_a_grid_of_runs_trained_in_turn_records_a_diverged_point_and_goes_on(tmp_path):
+  config = _tiny(algorithm="fedavg")
+  losses, accs = lr_grid.run_grid(config, [1.0, 1.0, 1.0], [0.1, 1e12, 0.05], tmp_path,
+                                  eval_every=3, num_evals=2)
+  assert np.isfinite(losses[[0, 2]]).all() and np.isfinite(accs[[0, 2]]).all()
+  assert np.isnan(losses[1]).any()  # the huge client rate diverged; its curve ends
+  with pytest.raises(loop.NonFiniteError):  # outside a grid, divergence still raises
+    train.train_replicas(lr_grid.grid_configs(config, [1.0, 1.0], [1e12, 0.1], 3, 2),
+                         [tmp_path / "x", tmp_path / "y"])
+
+
 def test_the_replicated_runner_traces_once_and_a_second_trace_fails():
   configs = lr_grid.grid_configs(_tiny(), SERVER_LRS, CLIENT_LRS, 3, 2)
   fed = data.build_federation(configs[0].data, configs[0].seed)
