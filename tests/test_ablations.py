@@ -4,19 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from mtsl_jax import config_base, train
-
-
-def _tiny(**overrides):
-  c = config_base.base_config()
-  c.data.num_clients = 3
-  c.data.synthetic.max_examples = 80
-  c.model.hidden_sizes = (8, 8)
-  c.batch_size = 4
-  c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 2, 4, 4
-  c.progress_bar = False
-  c.update_from_flattened_dict(overrides)
-  return c
+from mtsl_jax import train
+from tests.test_replicas import _tiny  # the same tiny MTSL run
 
 
 def _leaves(tree):

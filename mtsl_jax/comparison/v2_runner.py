@@ -62,21 +62,12 @@ def compute_seconds_per_step(workdir: pathlib.Path, replicas: int) -> float | No
   path = workdir / "timing.jsonl"
   if not path.exists():
     return None
-  rates = [r["steps_per_second"] for r in records_of(path)]
+  rates = [r["steps_per_second"] for r in records.ResultsFile(path).load()]
   rates = rates[1:] or rates
   return float(1.0 / np.median(rates) / replicas) if rates else None
 
 
-def records_of(path: pathlib.Path) -> list[dict]:
-  """The JSON lines of a file (a torn last line skipped)."""
-  return records.ResultsFile(path).load()
-
-
 # ---- tuning ------------------------------------------------------------------------------
-
-
-def _point_key(server_lr: float | None, client_lr: float) -> tuple:
-  return (server_lr, client_lr)
 
 
 def tune_method(paths: Paths, profile_name: str, dataset: str, method: str, *,
