@@ -270,3 +270,29 @@ def test_unequal_tuning_effort_is_named_among_the_threats():
                    "cpu: cifar10 (mtsl_bottom 30, fedavg 25)."]
   grids[("cpu", "cifar10", "fedavg")]["runs"] = 30
   assert v2_analysis.validity_notes({}, grids) == []
+
+
+def test_the_verdict_tally_names_the_claims_that_fail(tmp_path):
+  # Hand-made: local-only beats mtsl_bottom by exactly 2 points on every seed ('fails'),
+  # fedavg loses to it by 10, 11 and 11 points ('holds': t = 10.67 / (0.577 / sqrt 3)).
+  recs = []
+  for method, accs in (("mtsl_bottom", [0.70, 0.72, 0.74]), ("local", [0.72, 0.74, 0.76]),
+                       ("fedavg", [0.60, 0.61, 0.63])):
+    for seed, acc in enumerate(accs):
+      recs.append({"phase": "main", "profile": "test", "dataset": "synthetic",
+                   "setting": "synthetic", "noise": None, "method": method, "seed": seed,
+                   "server_lr": 0.1, "client_lr": 0.1, "diverged": None,
+                   "budget_client_steps": 10, "num_steps": 10, "eval_every": 5,
+                   "client_steps_per_step": 1, "batch_size": 4, "exchanges": [],
+                   "compute_seconds_per_step": 0.01, "reductions": [], "where": {},
+                   "curve": {"client_steps": [5, 10], "accuracy_mean": [acc, acc],
+                             "accuracy_worst": [acc, acc], "bytes": [0.0, 0.0]},
+                   "final": {"accuracy_mean": acc, "accuracy_worst": acc,
+                             "accuracy_weighted": acc, "accuracy": [acc], "bytes": 0.0}})
+  path = tmp_path / "runs.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+  v2_report.write_report(path, tmp_path / "REPORT.md")
+  text = (tmp_path / "REPORT.md").read_text()
+  assert ("Of 2 judged claims: 1 hold, 0 are not significant, 1 fail; the claims that fail "
+          "(the baseline is significantly better): mtsl_bottom > local (synthetic / synthetic)."
+          ) in text

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from mtsl_jax.comparison import (  # pylint: disable=wrong-import-position
-    link_model, records, v2_analysis, v2_records,
+    link_model, records, statistics, v2_analysis, v2_records,
 )
 
 REGENERATE = "python launch/compare_v2.py --phases=report"
@@ -124,6 +124,15 @@ def _verdict_table(plan: _Plan, summ: dict) -> list[str]:
       cells.append(_verdict_cell(claims.get((a, b), {}).get(s),
                                  f"{' and '.join(absent)} {_NOT_RUN}"))
     lines.append(f"| {a} > {b} | " + " | ".join(cells) + " |")
+  # In words: how many judged claims hold, and which do not hold (fail).
+  judged = [(a, b, s, claims[(a, b)][s]) for a, b in rows for s in plan.settings
+            if claims.get((a, b), {}).get(s) is not None]
+  tally = {v: sum(c["verdict"] == v for *_, c in judged) for v in statistics.VERDICTS}
+  failed = [f"{a} > {b} ({plan.label(s)})" for a, b, s, c in judged if c["verdict"] == "fails"]
+  lines += ["", f"Of {len(judged)} judged claims: {tally['holds']} hold, "
+            f"{tally['not significant']} are not significant, {tally['fails']} fail"
+            + (f"; the claims that fail (the baseline is significantly better): "
+               f"{'; '.join(failed)}." if failed else ".")]
   return lines + [""]
 
 
