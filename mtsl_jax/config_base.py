@@ -134,6 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.split.task_weights = "uniform"  # 'uniform' | 'data_size' (w_m in the objective)
   c.split.implementation = "fused"  # 'fused' | 'protocol' (message by message)
   c.split.client_lr_multipliers = ()  # () or one positive float per client
+  # Client rates scaled per client on top of the multipliers: 'none', or 'data_size'
+  # (client m's rate times n_m / mean n: clients with more data take larger steps).
+  c.split.client_lr_scaling = "none"
   # Ablations of the shared part: the server part kept at its initialization (its
   # updates are zero: random features), and every client's part starting from one
   # initialization ('common', client 0's) instead of one per client ('independent').

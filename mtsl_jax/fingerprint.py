@@ -64,6 +64,7 @@ LATER_FIELDS = {
     "data.max_eval_examples_per_client": 0,
     "split.freeze_server": False,
     "split.client_init": "independent",
+    "split.client_lr_scaling": "none",
 }
 
 

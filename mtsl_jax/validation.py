@@ -37,6 +37,7 @@ TFDS_DATASETS = tuple(sources.TFDS_FEATURES)
 PARTITIONS = ("iid", "dirichlet", "shards")
 NOISE_PROFILES = ("constant", "linear")
 TASK_WEIGHTS = ("uniform", "data_size")
+CLIENT_LR_SCALINGS = ("none", "data_size")
 AGGREGATION_WEIGHTS = ("data_size", "uniform")
 IMPLEMENTATIONS = ("fused", "protocol")
 CLIENT_INITS = ("independent", "common")
@@ -331,6 +332,7 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("split.client_init", lambda v: v == "independent" or not c.model.client_width_groups,
        "'independent' with model.client_width_groups (clients of other widths cannot "
        "share one initialization)"),
+      ("split.client_lr_scaling", *one_of(CLIENT_LR_SCALINGS)),
       ("split.client_lr_multipliers",
        lambda v: len(v) in (0, c.data.num_clients) and all(m > 0 for m in v),
        "() or one positive number per client (data.num_clients of them)"),

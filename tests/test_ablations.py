@@ -48,3 +48,15 @@ def test_common_client_init_starts_every_client_from_client_0s_parameters(tmp_pa
   # Clients train on their own data, so they part ways after the first step.
   assert any(not np.array_equal(leaf[0], leaf[1])
              for leaf in _leaves(common_end.clients.params))
+
+
+def test_data_size_lr_scaling_multiplies_each_client_rate_by_its_share_of_the_mean():
+  from mtsl_jax.algorithms import mtsl
+  config = _tiny(**{"split.client_lr_scaling": "data_size",
+                    "split.client_lr_multipliers": (2.0, 1.0, 1.0)})
+  federation, _ = train.prepare_run(config)
+  counts = np.asarray(federation.train_counts, np.float64)
+  assert counts.std() > 0  # the embedded clients differ in size, so the test can fail
+  got = np.asarray(mtsl.make_step_context(config, federation).lr_multipliers_M)
+  expected = counts / counts.mean() * np.array([2.0, 1, 1])
+  np.testing.assert_allclose(got, expected, rtol=1e-6)

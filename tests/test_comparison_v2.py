@@ -134,13 +134,13 @@ def test_choose_point_scores_the_last_evaluations_and_names_edges():
 def test_an_edge_extends_its_axis_by_half_a_decade_up_to_the_limit():
   start = ((-1.0, 0.0), (-2.0, -1.0))
   server, client = list(start[0]), list(start[1])
-  assert v2_runner._extend({"edges": ["client_high"]}, server, client, start, False)
+  assert v2_runner.extend_axes({"edges": ["client_high"]}, server, client, start, False)
   assert client == [-2.0, -1.0, -0.5] and server == [-1.0, 0.0]
-  assert v2_runner._extend({"edges": ["client_high", "server_low"]}, server, client, start,
+  assert v2_runner.extend_axes({"edges": ["client_high", "server_low"]}, server, client, start,
                            False)
   assert client == [-2.0, -1.0, -0.5, 0.0] and server == [-1.5, -1.0, 0.0]
   # MAX_EXTENSIONS = 2 reached on the client's high side: no further growth there.
-  assert not v2_runner._extend({"edges": ["client_high"]}, server, client, start, False)
+  assert not v2_runner.extend_axes({"edges": ["client_high"]}, server, client, start, False)
 
 
 # ---- end to end --------------------------------------------------------------------------
@@ -220,18 +220,20 @@ def test_a_cell_trained_seed_by_seed_records_what_the_vmapped_cell_does(tmp_path
                                grouped["curve"]["accuracy_mean"], atol=0.02)
 
 
-def test_the_device_script_stops_at_its_budget_and_keeps_its_records(tmp_path):
+@pytest.mark.parametrize("study,budget", [("compare_v2", 25), ("server_map", 40)])
+def test_the_device_script_stops_at_its_budget_and_keeps_its_records(tmp_path, study,
+                                                                       budget):
   # The GPU script on the embedded data ('test' profile): whatever finished before the
   # budget is in the copy of the records, every line whole, each naming its machine.
   root = pathlib.Path(__file__).resolve().parents[1]
-  env = dict(os.environ, OUT=str(tmp_path / "out"), PROFILE="test",
+  env = dict(os.environ, OUT=str(tmp_path / "out"), PROFILES="test", STUDY=study,
              SCRATCH=str(tmp_path / "scratch"),
              PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
-  proc = subprocess.run(["bash", "benchmarks/gpu_comparison_v2.sh", "25"], cwd=root, env=env,
+  proc = subprocess.run(["bash", "benchmarks/gpu_study.sh", str(budget)], cwd=root, env=env,
                         capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = records.ResultsFile(tmp_path / "out" / "runs.jsonl")
   assert len(out.load()) == len(out.path.read_text().splitlines())  # no torn line
   recs = [r for r in out.load() if r["profile"] == "test"]
   assert recs and all(r["where"]["backend"] == "cpu" for r in recs)
-  assert "records:" in (tmp_path / "out" / "compare.txt").read_text()
+  assert "records:" in (tmp_path / "out" / "study.txt").read_text()

@@ -298,6 +298,12 @@ LAUNCHES = [
      "error: --profile: must be one of ['full', 'cpu', 'gpu', 'test'], got 'laptop'"),
     (["launch/compare_v2.py", "--profile=cpu", "--methods=fedsgd", "--results",
       "{tmp}/runs.jsonl"], "error: --methods: ['fedsgd'] not in profile 'cpu'"),
+    (["launch/server_map.py", "--profile=laptop", "--results", "{tmp}/runs.jsonl"],
+     "error: --profile: must be one of ['full', 'cpu', 'cnn', 'cpu_cnn', 'test'], got 'laptop'"),
+    (["launch/server_map.py", "--settings=iid", "--results", "{tmp}/runs.jsonl"],
+     "error: --settings: ['iid'] not in profile 'cpu'"),
+    (["launch/server_map.py", "--phases=tune,plot", "--results", "{tmp}/runs.jsonl"],
+     "error: --phases: unknown ['plot']; allowed: tune, map, ablations, report"),
 ]
 
 

@@ -40,7 +40,11 @@ def make_step_context(config, federation: data.Federation) -> split.StepContext:
     `client_groups.GroupedSplitModel`.
   """
   setup = task_setup(config, federation)
-  multipliers = config.split.client_lr_multipliers or (1.0,) * setup.num_clients
+  multipliers = np.asarray(config.split.client_lr_multipliers or (1.0,) * setup.num_clients,
+                           np.float64)
+  if config.split.client_lr_scaling == "data_size":  # n_m / mean n
+    counts = np.asarray(federation.train_counts, np.float64)
+    multipliers = multipliers * counts / counts.mean()
   return split.StepContext(
       split=client_groups.make_split_model(config.model, config.split,
                                            int(setup.num_classes_M.max())),

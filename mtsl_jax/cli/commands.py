@@ -6,6 +6,7 @@
   mtsl-plot             mtsl_jax/cli/plot.py                 python launch/plot.py
   mtsl-reproduce        mtsl_jax/cli/reproduce.py            python launch/reproduce.py
   mtsl-compare-v2       mtsl_jax/cli/compare_v2.py           python launch/compare_v2.py
+  mtsl-server-map       mtsl_jax/cli/server_map.py           python launch/server_map.py
   mtsl-smoothness       mtsl_jax/cli/estimate_smoothness.py  python launch/estimate_smoothness.py
 
 Each entry point installs `signals.install_early_exit` first and only then imports its
@@ -80,6 +81,11 @@ def reproduce() -> None:
 def compare_v2() -> None:
   """`mtsl-compare-v2`: the comparison v2 (2-D tuning, CNN cuts, paired tests)."""
   _run("compare_v2")
+
+
+def server_map() -> None:
+  """`mtsl-server-map`: when the shared server part helps (map, ablations, document)."""
+  _run("server_map")
 
 
 def smoothness() -> None:

@@ -1,8 +1,9 @@
 """Appends to a records file the records of another that it does not hold yet.
 
 Records computed elsewhere (a GPU session writes into a copy of `results/v2/runs.jsonl`)
-come back by merging: every record of the source whose key (`v2_records.key`) the
+come back by merging: every record of the source whose key (`KEY_FIELDS`) the
 destination lacks is appended, in the source's order; nothing in the destination changes.
+The same command merges the server map's records (`results/server_map/runs.jsonl`).
 
   python -m mtsl_jax.comparison.merge_records SOURCE DESTINATION
 """
@@ -11,6 +12,11 @@ import pathlib
 import sys
 
 from mtsl_jax.comparison import records, v2_records
+
+# The union of the studies' run identities: the comparison v2's, and the server map's,
+# which adds the cell (examples per client, clients). A field a record lacks reads as
+# None, so each study's records keep their own identity.
+KEY_FIELDS = (*v2_records.KEY_FIELDS, "examples", "clients")
 
 
 def merge(source: pathlib.Path, destination: pathlib.Path) -> int:
@@ -24,11 +30,12 @@ def merge(source: pathlib.Path, destination: pathlib.Path) -> int:
     The number of records appended.
   """
   out = records.ResultsFile(destination)
-  have = {v2_records.key(r) for r in out.load()}
+  have = {v2_records.key(r, KEY_FIELDS) for r in out.load()}
   new = []
   for record in records.ResultsFile(source).load():
-    if v2_records.key(record) not in have:
-      have.add(v2_records.key(record))
+    key = v2_records.key(record, KEY_FIELDS)
+    if key not in have:
+      have.add(key)
       new.append(record)
   out.append(new)
   return len(new)

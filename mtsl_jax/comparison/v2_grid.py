@@ -218,7 +218,11 @@ def axes_of(method: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
   Local-only training has no server rate: its server axis is (None-like) a single 0.
   """
-  kind = METHODS[method].axes
+  return axes_of_kind(METHODS[method].axes)
+
+
+def axes_of_kind(kind: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """The starting (server axis, client axis) of a grid of kind 'split', 'fedopt' or 'local'."""
   if kind == "split":
     return SPLIT_AXIS, SPLIT_AXIS
   if kind == "fedopt":
@@ -252,7 +256,21 @@ def schedule(method: str, dataset: str, client_steps: int,
   Raises:
     validation.ConfigError: a budget below one loop step of the method.
   """
-  per = client_steps_per_step(method, dataset)
+  return loop_schedule(method, client_steps_per_step(method, dataset), client_steps, evals)
+
+
+def loop_schedule(method: str, per: int, client_steps: int, evals: int) -> tuple[int, int]:
+  """(num_steps, eval_every) of a budget of `client_steps` at `per` client steps per step.
+
+  Args:
+    method: the method's name (for the error).
+    per: client steps per loop step.
+    client_steps: the budget in client steps per client.
+    evals: evaluations over the budget (at most).
+
+  Raises:
+    validation.ConfigError: a budget below one loop step.
+  """
   steps = client_steps // per
   if steps < 1:
     raise validation.ConfigError(

@@ -28,17 +28,23 @@ KEY_FIELDS = ("phase", "profile", "dataset", "setting", "noise", "method", "serv
 SCORE_EVALS = 3   # a tuning run's score: the mean of its last 3 evaluations
 
 
-def key(record: dict) -> tuple:
-  """The identity of a run: records with equal keys are the same run."""
-  return tuple(json.dumps(record.get(f)) for f in KEY_FIELDS)
+def key(record: dict, key_fields: Sequence[str] = KEY_FIELDS) -> tuple:
+  """The identity of a run: records with equal keys are the same run.
+
+  Args:
+    record: a run record.
+    key_fields: the fields that identify a run (another study's records have more).
+  """
+  return tuple(json.dumps(record.get(f)) for f in key_fields)
 
 
-def select(recs: Iterable[dict], **fields) -> list[dict]:
+def select(recs: Iterable[dict], key_fields: Sequence[str] = KEY_FIELDS,
+           **fields) -> list[dict]:
   """The records whose fields equal `fields` (later duplicates of a key win)."""
   chosen = {}
   for r in recs:
     if all(r.get(k) == v for k, v in fields.items()):
-      chosen[key(r)] = r
+      chosen[key(r, key_fields)] = r
   return list(chosen.values())
 
 
@@ -91,9 +97,11 @@ def choose_point(recs: Sequence[dict], server_axis: Sequence[float] | None,
           "scores": on_grid}
 
 
-def tuned_point(recs: Iterable[dict], profile: str, dataset: str, method: str) -> dict | None:
+def tuned_point(recs: Iterable[dict], profile: str, dataset: str, method: str,
+                key_fields: Sequence[str] = KEY_FIELDS) -> dict | None:
   """The chosen point of a method's whole recorded tuning grid, or None if untuned."""
-  mine = select(recs, phase="tune", profile=profile, dataset=dataset, method=method)
+  mine = select(recs, key_fields, phase="tune", profile=profile, dataset=dataset,
+                method=method)
   if not mine:
     return None
   servers = sorted({r["server_lr"] for r in mine if r["server_lr"] is not None})

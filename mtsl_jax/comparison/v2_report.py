@@ -12,7 +12,6 @@ twice gives the same files.
 
 import math
 import pathlib
-import re
 from typing import Sequence
 
 import matplotlib
@@ -21,6 +20,7 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from mtsl_jax.comparison import report_format as fmt  # pylint: disable=wrong-import-position
 from mtsl_jax.comparison import (  # pylint: disable=wrong-import-position
     link_model, records, statistics, v2_analysis, v2_records,
 )
@@ -29,53 +29,11 @@ REGENERATE = "python launch/compare_v2.py --phases=report"
 _NOT_RUN = "not run yet"
 
 
-def _slug(*parts) -> str:
-  """A file-name-safe name of a figure's parts."""
-  return re.sub(r"[^A-Za-z0-9.]+", "_", "_".join(str(p) for p in parts if p)).strip("_")
-
-
 def _label(setting: tuple, many_profiles: bool) -> str:
   """'dataset / setting' (+ noise), prefixed by the profile when several are reported."""
   profile, dataset, name, noise = setting
   text = f"{dataset} / {name}" + (f" + {noise}" if noise else "")
   return f"{profile}: {text}" if many_profiles else text
-
-
-def _num(x: float, digits: int = 1) -> str:
-  return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _p(p: float | None) -> str:
-  if p is None:
-    return "p=n/a"
-  if p == 0:
-    return "p=0"
-  return "p<0.001" if p < 0.001 else f"p={p:.2g}"
-
-
-def _interval(value, scale: float = 1.0, digits: int = 1) -> str:
-  """'mean ± half-width' of a t-interval (the mean alone for one seed), or the text."""
-  if value is None:
-    return "—"
-  if isinstance(value, str):
-    return value
-  mean = _num(scale * value.mean, digits)
-  if value.n < 2:
-    return f"{mean} (n=1)"
-  if value.std == 0:  # every seed the same (e.g. no bytes sent): no interval to show
-    return mean
-  return f"{mean} ± {_num(scale * value.half_width, digits)}"
-
-
-def _verdict_cell(c: dict | None, missing: str) -> str:
-  """E.g. 'holds +2.1 [0.8, 3.4] p=0.01 n=3' (accuracy points)."""
-  if c is None:
-    return missing
-  if c["note"]:
-    mean = "" if c["mean"] is None else f" {100 * c['mean']:+.1f}"
-    return f"{c['verdict']}{mean} n={c['n']} ({c['note']})"
-  return (f"{c['verdict']} {100 * c['mean']:+.1f} [{_num(100 * c['low'])}, "
-          f"{_num(100 * c['high'])}] {_p(c['p'])} n={c['n']}")
 
 
 class _Plan:
@@ -121,7 +79,7 @@ def _verdict_table(plan: _Plan, summ: dict) -> list[str]:
     cells = []
     for s in plan.settings:
       absent = [m for m in (a, b) if s + (m,) not in summ]
-      cells.append(_verdict_cell(claims.get((a, b), {}).get(s),
+      cells.append(fmt.verdict_text(claims.get((a, b), {}).get(s),
                                  f"{' and '.join(absent)} {_NOT_RUN}"))
     lines.append(f"| {a} > {b} | " + " | ".join(cells) + " |")
   # In words: how many judged claims hold, and which do not hold (fail).
@@ -144,7 +102,7 @@ def _ticks(ax, axis: str, values: Sequence, most: int = 7) -> None:
   (ax.set_xticks if axis == "x" else ax.set_yticks)(idx, labels, fontsize=7)
 
 
-def _plot_tuning(grids: dict, profile: str, dataset: str, out: pathlib.Path) -> pathlib.Path:
+def plot_tuning(grids: dict, profile: str, dataset: str, out: pathlib.Path) -> pathlib.Path:
   """A subplot per method: score over log10 server x log10 client rate; x diverged, o chosen."""
   methods = [(k[2], g) for k, g in grids.items() if k[:2] == (profile, dataset)]
   finite = [v for _, g in methods for row in g["scores"] for v in row if v is not None]
@@ -178,7 +136,7 @@ def _plot_tuning(grids: dict, profile: str, dataset: str, out: pathlib.Path) -> 
     fig.colorbar(image, ax=axes.ravel().tolist(), label="validation score")
   fig.suptitle(f"{dataset} ({profile}): tuning scores; x diverged, o chosen, blank not run",
                fontsize=9)
-  path = out / f"{_slug('tuning', profile, dataset)}.png"
+  path = out / f"{fmt.slug('tuning', profile, dataset)}.png"
   fig.savefig(path, dpi=80, metadata={"Software": None})
   plt.close(fig)
   return path
@@ -200,7 +158,7 @@ def _tuning(plan: _Plan, grids: dict, figures: pathlib.Path) -> list[str]:
     lines.append(f"**{dataset}** ({profile})")
     lines.append("")
     if mine:
-      path = _plot_tuning(grids, profile, dataset, figures)
+      path = plot_tuning(grids, profile, dataset, figures)
       lines += [f"![tuning {dataset} {profile}](figures/{path.name})", ""]
     for method in v2_analysis.method_order(set(mine) | set(plan.methods.get(profile, []))):
       g = mine.get(method)
@@ -295,9 +253,9 @@ def _accuracy(plan: _Plan, summ: dict) -> list[str]:
       rates = "; ".join(f"{'—' if a is None else f'{a:g}'}, {b:g}" for a, b in c["rates"])
       acc, worst = c["accuracy"], c["worst"]
       plateau = {None: "—", True: "yes", False: "no plateau"}[c["all_plateaued"]]
-      lines.append(f"| {m} | {rates} | {_interval(acc, 100)} | "
-                   f"{'—' if acc is None else _num(100 * acc.std)} | {len(c['seeds'])} | "
-                   f"{len(c['diverged'])} | {'—' if worst is None else _num(100 * worst.mean)}"
+      lines.append(f"| {m} | {rates} | {fmt.interval_text(acc, 100)} | "
+                   f"{'—' if acc is None else fmt.num(100 * acc.std)} | {len(c['seeds'])} | "
+                   f"{len(c['diverged'])} | {'—' if worst is None else fmt.num(100 * worst.mean)}"
                    f" | {plateau} | {100 * c['eval_spacing']:.1f}% |")
     lines.append("")
   return lines
@@ -329,10 +287,11 @@ def _targets(plan: _Plan, summ: dict) -> list[str]:
                 "", "| method | reached | client steps | MB | message rounds | "
                 + " | ".join(f"s at {n}" for n in links) + " |", "|---" * (5 + len(links)) + "|"]
       for m, r in level["methods"].items():
-        mb = r["bytes"] if isinstance(r["bytes"], str) else _interval(r["bytes"], 1e-6, 2)
-        lines.append(f"| {m} | {r['reached']} of {r['n']} | {_interval(r['client_steps'], 1, 0)}"
-                     f" | {mb} | {_interval(r['rounds'], 1, 0)} | "
-                     + " | ".join(_interval(r["seconds"][n], 1, 2) for n in links) + " |")
+        mb = r["bytes"] if isinstance(r["bytes"], str) else fmt.interval_text(r["bytes"], 1e-6, 2)
+        steps = fmt.interval_text(r["client_steps"], 1, 0)
+        lines.append(f"| {m} | {r['reached']} of {r['n']} | {steps}"
+                     f" | {mb} | {fmt.interval_text(r['rounds'], 1, 0)} | "
+                     + " | ".join(fmt.interval_text(r["seconds"][n], 1, 2) for n in links) + " |")
       lines.append("")
   return lines
 
@@ -382,7 +341,7 @@ def _curves(plan: _Plan, summ: dict, figures: pathlib.Path) -> list[str]:
     if not any(c["curve"] for c in methods.values()):
       lines += [f"**{plan.label(s)}**: {_NOT_RUN}.", ""]
       continue
-    path = figures / f"{_slug('curves', *s)}.png"
+    path = figures / f"{fmt.slug('curves', *s)}.png"
     _plot_curves(methods, plan.label(s), path)
     lines += [f"**{plan.label(s)}**", "", f"![curves {plan.label(s)}](figures/{path.name})", ""]
   return lines
@@ -439,7 +398,9 @@ def write_report(results: pathlib.Path, report: pathlib.Path) -> None:
            f"{len(recs) - tune} main) by `{REGENERATE}`, which reads the records only; "
            "`python launch/compare_v2.py --profile=<profile>` first runs whatever of the "
            "profile's tuning and main cells is not recorded yet (finished runs are kept), "
-           "then writes this report again.", ""]
+           "then writes this report again. Where the shared server part helps, over data "
+           "per client x clients x cut: [docs/when_mtsl_helps.md]"
+           "(../../docs/when_mtsl_helps.md).", ""]
   lines += _verdict_table(plan, summ)
   lines += _tuning(plan, grids, figures)
   lines += _where(plan, recs, summ)

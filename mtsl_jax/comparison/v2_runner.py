@@ -106,7 +106,7 @@ def tune_method(paths: Paths, profile_name: str, dataset: str, method: str, *,
     chosen = v2_records.choose_point(mine, server_axis=None if local else
                                      [v2_grid.lr_value(s) for s in server_axis],
                                      client_axis=[v2_grid.lr_value(c) for c in client_axis])
-    grown = _extend(chosen, server_axis, client_axis, v2_grid.axes_of(method), local)
+    grown = extend_axes(chosen, server_axis, client_axis, v2_grid.axes_of(method), local)
     if not grown:
       return chosen
     if verbose:
@@ -115,9 +115,20 @@ def tune_method(paths: Paths, profile_name: str, dataset: str, method: str, *,
   return chosen
 
 
-def _extend(chosen: dict, server_axis: list, client_axis: list, start: tuple,
-            local: bool) -> bool:
-  """Grows the axes in place where the chosen point lies on an edge; whether any grew."""
+def extend_axes(chosen: dict, server_axis: list, client_axis: list, start: tuple,
+                local: bool) -> bool:
+  """Grows the axes in place where the chosen point lies on an edge; whether any grew.
+
+  Args:
+    chosen: `v2_records.choose_point`'s result (its 'edges').
+    server_axis, client_axis: the grid's current axes (exponents), grown in place by
+      `v2_grid.AXIS_STEP` at an edge, at most `v2_grid.MAX_EXTENSIONS` times per side.
+    start: the (server, client) axes the grid started from.
+    local: the method has one rate (no server axis).
+
+  Returns:
+    Whether an axis grew (the grid then needs another round).
+  """
   grown = False
   for axis, start_axis, side in ((client_axis, start[1], "client"),
                                  (server_axis, start[0], "server")):
@@ -138,6 +149,45 @@ def _extend(chosen: dict, server_axis: list, client_axis: list, start: tuple,
   return grown
 
 
+def train_tuning_grid(config, todo: Sequence[tuple], server: Sequence[float],
+                      workdir: pathlib.Path, base: dict, per: int, reductions: Sequence[str],
+                      chunk_size: int = 0) -> list[dict]:
+  """Trains tuning points as one (chunked) learning-rate grid program; their records.
+
+  Args:
+    config: the tuning config of the first point (the grid sets each point's rates).
+    todo: the points as (server_lr or None, client_lr), as recorded.
+    server: the server rate each point trains with (a one-rate method's placeholder).
+    workdir: the grid's directory (resumable).
+    base: the records' identity fields but the rates.
+    per: client steps per loop step.
+    reductions: the profile's reductions.
+    chunk_size: points per vmapped program (0: all).
+
+  Returns:
+    One record per point: a diverged point has `diverged` set and no curve.
+  """
+  every = config.eval_every
+  losses, _ = lr_grid.run_grid(config, server, [c for _, c in todo], workdir,
+                               eval_every=every, num_evals=config.num_steps // every,
+                               chunk_size=chunk_size)
+  group = len(todo) if chunk_size <= 0 else min(chunk_size, len(todo))
+  new = []
+  for i, (s, c) in enumerate(todo):
+    point_dir = workdir / lr_grid.point_name(server[i], c)
+    rec = dict(base, server_lr=s, client_lr=c, budget_client_steps=config.num_steps * per,
+               num_steps=config.num_steps, eval_every=every, client_steps_per_step=per,
+               batch_size=config.batch_size, reductions=list(reductions),
+               where=where_computed(group),
+               compute_seconds_per_step=compute_seconds_per_step(point_dir, group))
+    if not np.all(np.isfinite(losses[i])):
+      rec.update(diverged="non-finite loss", curve=None, final=None)
+    else:
+      rec.update(diverged=None, **records.read_run(point_dir, per))
+    new.append(rec)
+  return new
+
+
 def _train_tuning_points(paths, out, base, todo, tune_steps, profile, chunk_size, round_,
                          verbose):
   """Trains the missing points of a tuning grid as one (chunked) lr grid; records them."""
@@ -149,26 +199,11 @@ def _train_tuning_points(paths, out, base, todo, tune_steps, profile, chunk_size
                                max_eval_examples=profile.max_eval_examples,
                                eval_batch_size=profile.eval_batch_size,
                                tfds_data_dir=paths.tfds_data_dir)
-  every, num_evals = config.eval_every, config.num_steps // config.eval_every
   workdir = paths.scratch / base["profile"] / "tune" / dataset / method / f"round={round_}"
   start = time.perf_counter()
-  losses, _ = lr_grid.run_grid(config, server, client, workdir, eval_every=every,
-                               num_evals=num_evals, chunk_size=chunk_size)
-  per = v2_grid.client_steps_per_step(method, dataset)
-  group = len(todo) if chunk_size <= 0 else min(chunk_size, len(todo))
-  new = []
-  for i, (s, c) in enumerate(todo):
-    point_dir = workdir / lr_grid.point_name(server[i], c)
-    rec = dict(base, server_lr=s, client_lr=c, tuning_round=round_,
-               budget_client_steps=config.num_steps * per, num_steps=config.num_steps,
-               eval_every=every, client_steps_per_step=per, batch_size=config.batch_size,
-               reductions=list(profile.reductions), where=where_computed(group),
-               compute_seconds_per_step=compute_seconds_per_step(point_dir, group))
-    if not np.all(np.isfinite(losses[i])):
-      rec.update(diverged="non-finite loss", curve=None, final=None)
-    else:
-      rec.update(diverged=None, **records.read_run(point_dir, per))
-    new.append(rec)
+  new = train_tuning_grid(config, todo, server, workdir, dict(base, tuning_round=round_),
+                          v2_grid.client_steps_per_step(method, dataset), profile.reductions,
+                          chunk_size)
   out.append(new)
   if verbose:
     print(f"[tune] {dataset} {method} round {round_}: {len(todo)} points "

@@ -1,0 +1,193 @@
+"""The server map ("when does the shared server part help"): grid, analysis, report, pipeline."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from mtsl_jax import validation
+from mtsl_jax.comparison import records, v2_grid
+from mtsl_jax.server_map import analysis, grid, report, runner
+
+
+# ---- the grid ----------------------------------------------------------------------------
+
+
+def test_every_cell_of_every_profile_builds_a_valid_config():
+  for name, profile in grid.PROFILES.items():
+    for dataset in profile.datasets:
+      for setting in profile.settings:
+        for examples, clients in grid.regimes(profile, dataset):
+          for method in profile.methods:
+            c = grid.make_config(dataset, setting, method, 0.1, 0.1, examples=examples,
+                                 clients=clients, tune=False,
+                                 client_steps=profile.max_client_steps, evals=grid.EVALS)
+            assert c.data.num_clients == clients and c.data.validation_fraction == 0
+            per = grid.client_steps_per_step(method)
+            assert c.num_steps * per <= profile.max_client_steps, (name, method)
+        for cut in profile.ablation_cuts:
+          for ablation in grid.ABLATIONS:
+            grid.make_config(dataset, setting, f"mtsl_{cut}+{ablation}", 0.1, 0.1,
+                             examples=0, clients=profile.clients[0], tune=False,
+                             client_steps=profile.max_client_steps, evals=grid.EVALS)
+    # Every ablation cell is a map cell, so its MTSL row is there to compare with.
+    for regime in profile.ablation_regimes:
+      assert all(regime in grid.regimes(profile, d) for d in profile.datasets), name
+
+
+def test_the_cpu_map_of_mnist_has_12_cells_and_skips_caps_the_data_cannot_fill():
+  cells = grid.regimes(grid.PROFILES["cpu"], "mnist")
+  assert len(cells) == 12
+  assert (1600, 50) not in cells and (400, 200) not in cells  # 80,000 > 60,000 examples
+  assert (1600, 10) in cells and (100, 200) in cells and (0, 200) in cells
+
+
+def test_tuning_runs_hold_out_validation_and_centralized_trains_with_its_one_rate():
+  c = grid.make_config("mnist", "dirichlet_0.3", "centralized", 1.0, 0.03, examples=400,
+                       clients=10, tune=True, client_steps=150, evals=5)
+  assert c.server_optimizer.learning_rate == 0.03  # not the placeholder server rate
+  assert c.data.evaluate_on == "validation" and c.data.validation_fraction > 0
+  assert c.data.max_examples_per_client == 400
+
+
+def test_bad_names_are_refused_with_the_field():
+  cases = [(dict(dataset="cifar100"), "dataset"), (dict(setting="dirichlet_9"), "setting"),
+           (dict(method="fedprox"), "method"), (dict(method="local+frozen_server"), "method"),
+           (dict(method="mtsl_head+frozen"), "method")]
+  for change, field in cases:
+    args = {"dataset": "mnist", "setting": "dirichlet_0.3", "method": "mtsl_head", **change}
+    with pytest.raises(validation.ConfigError, match=field):
+      grid.make_config(args["dataset"], args["setting"], args["method"], 0.1, 0.1,
+                       examples=25, clients=10, tune=False, client_steps=300, evals=20)
+
+
+def test_merging_device_records_keeps_every_map_cell_apart():
+  from mtsl_jax.comparison import merge_records  # pylint: disable=import-outside-toplevel
+  assert set(runner.KEY_FIELDS) <= set(merge_records.KEY_FIELDS)
+
+
+def test_the_cuts_span_one_to_nearly_ninety_percent_of_the_parameters():
+  table = analysis.cut_table("cpu", "mnist")
+  shares = {name: c.client_param_share for name, c in table.items()}
+  # MLP 784-100-100-10: 78,500 + 10,100 + 1,010 parameters.
+  assert shares["head"] == pytest.approx(1010 / 89610)
+  assert shares["top2"] == pytest.approx(11110 / 89610)
+  assert shares["bottom"] == pytest.approx(78500 / 89610)
+  assert shares["u_shaped"] == pytest.approx(79510 / 89610)
+  # The CNN slice: conv 5x5x1x16 (416) of 416 + 12,832 + 200,832 + 1,290 parameters.
+  cnn = analysis.cut_table("cnn", "mnist")["bottom"]
+  assert cnn.client_param_share == pytest.approx(416 / 215370)
+  assert analysis.model_text("cnn", "mnist") == "CNN conv5x5 16 + conv5x5 32, dense 128, head"
+
+
+# ---- the analysis on hand-made records ---------------------------------------------------
+
+
+def _record(method, seed, accuracy, examples=25, clients=10, setting="dirichlet_0.3",
+            phase="map"):
+  curve = [accuracy - 0.1, accuracy - 0.01, accuracy, accuracy, accuracy]
+  return {"phase": phase, "profile": "cpu", "dataset": "mnist", "setting": setting,
+          "examples": examples, "clients": clients, "method": method, "server_lr": 0.1,
+          "client_lr": 0.1, "seed": seed, "eval_every": 10, "num_steps": 50,
+          "client_steps_per_step": 1, "diverged": None,
+          "train_examples": {"mean": 25.0, "min": 25, "max": 25},
+          "curve": {"client_steps": [10, 20, 30, 40, 50], "accuracy_mean": curve,
+                    "accuracy_worst": curve, "bytes": [0.0] * 5},
+          "final": {"accuracy_mean": accuracy, "accuracy_worst": accuracy,
+                    "accuracy_weighted": accuracy, "accuracy": [accuracy], "bytes": 0.0}}
+
+
+def _hand_made():
+  """Three seeds. At (25, 10) mtsl_head beats local by 0.05 +- 0.01 and FedRep by 0.01
+  +- 0.02 (not significant); at (100, 10) it loses to FedAvg by 0.04 +- 0.01. The frozen
+  server costs 0.10 at (25, 10)."""
+  recs = []
+  noise = [0.0, 0.01, -0.01]
+  for s in range(3):
+    recs += [_record("local", s, 0.80 + noise[s]),
+             _record("fedavg", s, 0.70),
+             _record("fedrep", s, 0.84 + noise[s] - [0.0, 0.02, -0.02][s]),
+             _record("mtsl_head", s, 0.85 + noise[s] + [0.0, 0.01, -0.01][s]),
+             _record("mtsl_head+frozen_server", s, 0.75 + noise[s], phase="ablations"),
+             _record("local", s, 0.80, examples=100),
+             _record("fedavg", s, 0.90 + noise[s], examples=100),
+             _record("fedrep", s, 0.80, examples=100),
+             _record("mtsl_head", s, 0.86 + noise[s] + [0.0, 0.01, -0.01][s], examples=100)]
+  return recs
+
+
+def test_differences_pick_the_stronger_baseline_and_give_paired_verdicts():
+  diffs = analysis.differences(analysis.summaries(_hand_made()))
+  best = diffs[("cpu", "mnist", "dirichlet_0.3", "mtsl_head", "best of local and FedAvg")]
+  assert best[(25, 10)]["baseline"] == "local"
+  assert best[(25, 10)]["mean"] == pytest.approx(0.05)
+  # Per-seed differences 0.05, 0.06, 0.04: mean 0.05, std 0.01, t(2) = 4.303.
+  assert best[(25, 10)]["high"] - 0.05 == pytest.approx(4.302653 * 0.01 / math.sqrt(3))
+  assert best[(25, 10)]["verdict"] == "holds"
+  assert best[(100, 10)]["baseline"] == "fedavg"
+  assert best[(100, 10)]["mean"] == pytest.approx(-0.04)
+  assert best[(100, 10)]["verdict"] == "fails"
+  fedrep = diffs[("cpu", "mnist", "dirichlet_0.3", "mtsl_head", "FedRep")]
+  assert fedrep[(25, 10)]["mean"] == pytest.approx(0.01)
+  assert fedrep[(25, 10)]["verdict"] == "not significant"  # differences 0.01, 0.04, -0.02
+  assert analysis.tally(best) == {"holds": 1, "not significant": 0, "fails": 1}
+
+
+def test_ablations_are_paired_with_their_mtsl_row_at_the_same_cell():
+  abl = analysis.ablations(analysis.summaries(_hand_made()))
+  frozen = abl[("cpu", "mnist", "dirichlet_0.3", 25, 10, "mtsl_head")]["frozen_server"]
+  assert frozen["mean"] == pytest.approx(-0.10) and frozen["verdict"] == "fails"
+  assert frozen["n"] == 3
+
+
+def test_the_document_states_the_answer_the_records_give(tmp_path):
+  results = tmp_path / "runs.jsonl"
+  records.ResultsFile(results).append(_hand_made())
+  document = tmp_path / "docs" / "when.md"
+  report.write_report(results, document)
+  text = document.read_text()
+  row = next(line for line in text.splitlines()
+             if line.startswith("| mnist / dirichlet_0.3 (cpu) | mtsl_head |"))
+  assert "| 1 / 0 / 1 | 1 / 1 / 0 | none |" in row  # vs best-of; vs FedRep
+  assert "better than the better of local-only and FedAvg in 1 of 2 cells: 25 examples x " \
+         "10 clients" in text
+  assert "server part frozen at its initialisation (random features): 1 cells " \
+         "significantly worse" in text
+  assert (document.parent / "figures" / "server_map").is_dir()
+  report.write_report(results, document)
+  assert document.read_text() == text  # regenerated identically
+
+
+# ---- end to end --------------------------------------------------------------------------
+
+
+def test_tiny_map_tunes_trains_ablates_records_and_resumes(tmp_path, monkeypatch):
+  # 3 x 3 grids and one cell so that the test stays small.
+  monkeypatch.setattr(v2_grid, "SPLIT_AXIS", (-1.5, -1.0, -0.5))
+  monkeypatch.setattr(v2_grid, "LOCAL_AXIS", (-1.5, -1.0, -0.5))
+  monkeypatch.setattr(v2_grid, "MAX_EXTENSIONS", 1)
+  tiny = dataclasses.replace(grid.PROFILES["test"], examples=(0,), clients=(3,),
+                             methods=("mtsl_head", "local"))
+  monkeypatch.setitem(grid.PROFILES, "test", tiny)
+  paths = runner.Paths(tmp_path / "runs.jsonl", tmp_path / "scratch")
+  runner.run_profile(paths, "test", verbose=False)
+  recs = records.ResultsFile(paths.results).load()
+  cells = sorted((r["phase"], r["method"], r["seed"]) for r in recs if r["phase"] != "tune")
+  expected = [("map", m, s) for m in tiny.methods for s in tiny.seeds]
+  expected += [("ablations", f"mtsl_head+{a}", s) for a in grid.ABLATIONS for s in tiny.seeds]
+  assert cells == sorted(expected)
+  for r in recs:
+    if r["phase"] != "tune":
+      assert r["where"]["backend"] == "cpu" and r["reductions"]
+      assert r["train_examples"]["mean"] > 0
+      assert math.isfinite(r["final"]["accuracy_mean"])
+      point = runner.tuned_point(recs, "test", "synthetic", grid.base_method(r["method"]))
+      assert (r["server_lr"], r["client_lr"]) == (point["server_lr"], point["client_lr"])
+  assert np.all([r["server_lr"] is None for r in recs if r["method"] == "local"])
+  before = paths.results.read_text()
+  runner.run_profile(paths, "test", verbose=False)
+  assert paths.results.read_text() == before  # everything recorded: nothing reruns
+  document = tmp_path / "when.md"
+  report.write_report(paths.results, document)
+  assert "| synthetic / synthetic (test) | mtsl_head |" in document.read_text()
