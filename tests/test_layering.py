@@ -16,7 +16,7 @@ own layer and of lower ones:
   7. runs          loop, replicas, train, seed_batch: the one training loop.
   8. studies       smoothness, lr_grid, lr_study: tools on the MTSL problem (the grid
                    trains through the loop).
-  9. experiments   sweeps, plotting, comparison/, server_map/.
+  9. experiments   sweeps, plotting, comparison/, server_map/, privacy/.
  10. commands      cli/: the command-line programs (launch/*.py, the console scripts).
 
 Imports are read with `ast` from the source (any depth: inside functions too), so the
@@ -48,7 +48,7 @@ LAYERS = (
     ("methods", ("algorithms/",)),
     ("runs", ("loop", "replicas", "train", "seed_batch")),
     ("studies", ("smoothness", "lr_grid", "lr_study")),
-    ("experiments", ("sweeps", "plotting", "comparison/", "server_map/")),
+    ("experiments", ("sweeps", "plotting", "comparison/", "server_map/", "privacy/")),
     ("commands", ("cli/",)),
 )
 

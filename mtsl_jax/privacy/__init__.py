@@ -1,0 +1,1 @@
+"""Privacy of what travels: leakage statistics, attacks and their metrics (docs/privacy.md)."""
