@@ -143,6 +143,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.split.freeze_server = False
   c.split.client_init = "independent"
 
+  # ---- defences at the cuts (mtsl only; mtsl_jax/cut_defences.py, docs/privacy.md) -----
+  c.privacy = ml_collections.ConfigDict()
+  # Gaussian noise (std) added to every element of the smashed data a client bottom
+  # sends up ('bottom', 'u_shaped'); the server sees and trains on the noisy data.
+  c.privacy.smashed_noise_std = 0.0
+  # NoPeek: each client bottom also minimizes this weight x dCor(inputs, smashed data)
+  # over its minibatch ('bottom', 'u_shaped').
+  c.privacy.nopeek_weight = 0.0
+  # Label protection ('u_shaped', 'top'): each example's cut-layer gradient a client
+  # head sends up is clipped to this L2 norm (0: no clipping), then Gaussian noise of
+  # this std is added to every element.
+  c.privacy.cut_grad_clip = 0.0
+  c.privacy.cut_grad_noise_std = 0.0
+
   # ---- optimization ------------------------------------------------------------------
   c.server_optimizer = optimizer_config("sgd", 0.1)
   c.client_optimizer = optimizer_config("sgd", 0.1)

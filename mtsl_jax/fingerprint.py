@@ -65,6 +65,10 @@ LATER_FIELDS = {
     "split.freeze_server": False,
     "split.client_init": "independent",
     "split.client_lr_scaling": "none",
+    "privacy.smashed_noise_std": 0.0,
+    "privacy.nopeek_weight": 0.0,
+    "privacy.cut_grad_clip": 0.0,
+    "privacy.cut_grad_noise_std": 0.0,
 }
 
 

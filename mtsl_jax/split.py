@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtsl_jax import split_gradients, split_model, split_state
+from mtsl_jax import cut_defences, split_gradients, split_model, split_state
 
 PyTree = Any
 
@@ -41,6 +41,7 @@ class StepContext:
     batch_size: examples per client per step.
     implementation: 'fused' or 'protocol'.
     common_client_init: every client's part starts from client 0's initialization.
+    defences: the defences at the cuts (`cut_defences`; all zero: none).
   """
   split: split_model.SplitModel
   server_tx: optax.GradientTransformation
@@ -51,13 +52,18 @@ class StepContext:
   batch_size: int
   implementation: str = "fused"
   common_client_init: bool = False
+  defences: cut_defences.CutDefences = cut_defences.CutDefences()
 
-  def gradients(self, server_params, client_params, x, y):
-    """(server_grads, client_grads, losses_M, accs_M) with the configured implementation."""
+  def gradients(self, server_params, client_params, x, y, key=None):
+    """(server_grads, client_grads, losses_M, accs_M) with the configured implementation.
+
+    `key` is the step's defence key (`cut_defences.step_key`), used when a defence
+    draws noise.
+    """
     fn = (split_gradients.fused_gradients if self.implementation == "fused"
           else split_gradients.protocol_gradients)
     out = fn(self.split, server_params, client_params, x, y, self.num_classes_M,
-             self.weights_M)
+             self.weights_M, defences=self.defences, key=key)
     return out[:4]
 
 
@@ -127,8 +133,9 @@ def make_train_step(ctx: StepContext, sample_batches: Callable) -> Callable:
            train_data) -> tuple[split_state.SplitState, dict[str, jax.Array]]:
     x, y = sample_batches(train_data, jax.random.fold_in(state.rng, state.step),
                           ctx.batch_size)
+    key = (cut_defences.step_key(state.rng, state.step) if ctx.defences.active else None)
     g_server, g_clients, losses, accs = ctx.gradients(
-        state.server.params, state.clients.params, x, y)
+        state.server.params, state.clients.params, x, y, key)
     new_state, health = apply_gradients(ctx, state, g_server, g_clients)
     metrics = dict(health, task_loss=losses, task_accuracy=accs,
                    loss=jnp.sum(ctx.weights_M * losses))

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtsl_jax import split_model, split_state, task_losses
+from mtsl_jax import cut_defences, split_model, split_state, task_losses
 
 PyTree = Any
 
@@ -60,7 +60,9 @@ def per_task_losses(split: split_model.SplitModel, server_params: PyTree,
 def fused_gradients(split: split_model.SplitModel, server_params: PyTree,
                     client_params: PyTree, x: jax.Array, y: jax.Array,
                     num_classes_M: jax.Array, weights_M: jax.Array,
-                    example_mask: jax.Array | None = None):
+                    example_mask: jax.Array | None = None,
+                    defences: cut_defences.CutDefences | None = None,
+                    key: jax.Array | None = None):
   """MTSL gradients by differentiating the composed model in one backward pass.
 
   The backward pass is seeded with the task weights, which gives the server exactly
@@ -76,20 +78,50 @@ def fused_gradients(split: split_model.SplitModel, server_params: PyTree,
     num_classes_M: label-space size of each task.
     weights_M: task weights w_m (positive, summing to one).
     example_mask: None, or bool [M, B]: the real examples (see `losses_and_accuracies`).
+    defences: the defences at the cuts (None or all zero: none).
+    key: the step's defence key (`cut_defences.step_key`); needed when a defence draws
+      noise.
 
   Returns:
-    (server_grads, client_grads, losses_M, accuracies_M).
+    (server_grads, client_grads, losses_M, accuracies_M); the losses are the task losses
+    f_m, without a NoPeek penalty.
   """
-  fn = lambda sp, cp: per_task_losses(split, sp, cp, x, y, num_classes_M, example_mask)
-  losses, vjp_fn, accs = jax.vjp(fn, server_params, client_params, has_aux=True)
-  g_server, g_clients = vjp_fn(weights_M.astype(losses.dtype))
+  if defences is None or not defences.active:
+    def fn(sp, cp):
+      losses, accs = per_task_losses(split, sp, cp, x, y, num_classes_M, example_mask)
+      return losses, (losses, accs)
+  else:
+    fn = lambda sp, cp: _defended_losses(split, sp, cp, x, y, num_classes_M, weights_M,
+                                         example_mask, defences, key)
+  # The objective differentiated is f_m (+ the NoPeek penalty); the task losses ride along.
+  objective, vjp_fn, (losses, accs) = jax.vjp(fn, server_params, client_params, has_aux=True)
+  g_server, g_clients = vjp_fn(weights_M.astype(objective.dtype))
   return g_server, split_state.scale_clients(g_clients, 1.0 / weights_M), losses, accs
+
+
+def _defended_losses(split, server_params, client_params, x, y, num_classes_M, weights_M,
+                     example_mask, defences, key):
+  """(f_m + α dCor_m, (f_m, accs)): the composed model with the defences at its cuts."""
+  bottom, top = split.client_parts(client_params)
+  smashed = split.client_bottom(bottom, x)
+  penalty = (defences.nopeek_penalty(x, smashed) if split.client_has_bottom
+             else jnp.zeros(x.shape[0], x.dtype))
+  if split.client_has_bottom:
+    smashed = defences.noisy_smashed(smashed, key)
+  h = split.server_part(server_params, smashed)
+  if not split.server_computes_loss:
+    h = defences.guard_head_input(h, key, weights_M)
+  losses, accs = losses_and_accuracies(split.client_top(top, h), y, num_classes_M,
+                                       example_mask)
+  return losses + penalty, (losses, accs)
 
 
 def protocol_gradients(split: split_model.SplitModel, server_params: PyTree,
                        client_params: PyTree, x: jax.Array, y: jax.Array,
                        num_classes_M: jax.Array, weights_M: jax.Array,
-                       example_mask: jax.Array | None = None):
+                       example_mask: jax.Array | None = None,
+                       defences: cut_defences.CutDefences | None = None,
+                       key: jax.Array | None = None):
   """MTSL gradients computed as the messages of the protocol, in the order they travel.
 
   1. Clients run B_m and send the smashed data up (raw inputs in the 'top' orientation,
@@ -101,6 +133,10 @@ def protocol_gradients(split: split_model.SplitModel, server_params: PyTree,
      unweighted for the cut gradients it returns to the clients' bottoms ('u_shaped').
   3. Clients backpropagate the cut gradients through B_m.
 
+  With `defences`, the messages are the defended ones (`cut_defences`): noisy smashed
+  data, protected cut gradients; a NoPeek penalty adds its gradient to the client
+  bottom's, which never travels.
+
   Args:
     Same as `fused_gradients`.
 
@@ -108,11 +144,13 @@ def protocol_gradients(split: split_model.SplitModel, server_params: PyTree,
     (server_grads, client_grads, losses_M, accuracies_M, messages) where messages maps
     'up/...' and 'down/...' names to the arrays sent, each with a leading client axis.
   """
+  defences = defences or cut_defences.CutDefences()
   messages = {}
   bottom_params, top_params = split.client_parts(client_params)
   # 1. Client forward.
   if split.client_has_bottom:
     smashed, bottom_vjp = jax.vjp(lambda p: split.client_bottom(p, x), bottom_params)
+    smashed = defences.noisy_smashed(smashed, key)
     messages["up/smashed"] = smashed
   else:
     smashed = x
@@ -135,6 +173,7 @@ def protocol_gradients(split: split_model.SplitModel, server_params: PyTree,
                                                         num_classes_M, example_mask)
     losses, top_vjp, accs = jax.vjp(client_losses, top_params, server_out, has_aux=True)
     g_top, top_cut_grad = top_vjp(jnp.ones_like(losses))
+    top_cut_grad = defences.protected_cut_gradient(top_cut_grad, key)
     messages["up/cut_gradients"] = top_cut_grad
     g_server, _ = server_vjp(split_state.scale_clients(top_cut_grad, weights_M))
     _, cut_grad = server_vjp(top_cut_grad)
@@ -142,6 +181,9 @@ def protocol_gradients(split: split_model.SplitModel, server_params: PyTree,
   if split.client_has_bottom:
     messages["down/cut_gradients"] = cut_grad
     (g_bottom,) = bottom_vjp(cut_grad)
+    if defences.nopeek_weight > 0:  # the client's own penalty, computed at home
+      penalty = lambda p: jnp.sum(defences.nopeek_penalty(x, split.client_bottom(p, x)))
+      g_bottom = jax.tree.map(jnp.add, g_bottom, jax.grad(penalty)(bottom_params))
   else:
     g_bottom = bottom_params  # {}
   return g_server, split.join_client_parts(g_bottom, g_top), losses, accs, messages

@@ -38,6 +38,7 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 NOISE_PROFILES = ("constant", "linear")
 TASK_WEIGHTS = ("uniform", "data_size")
 CLIENT_LR_SCALINGS = ("none", "data_size")
+PRIVACY_FIELDS = ("smashed_noise_std", "nopeek_weight", "cut_grad_clip", "cut_grad_noise_std")
 AGGREGATION_WEIGHTS = ("data_size", "uniform")
 IMPLEMENTATIONS = ("fused", "protocol")
 CLIENT_INITS = ("independent", "common")
@@ -336,6 +337,8 @@ def _rules(c) -> list[tuple[str, Callable[[Any], bool], str]]:
       ("split.client_lr_multipliers",
        lambda v: len(v) in (0, c.data.num_clients) and all(m > 0 for m in v),
        "() or one positive number per client (data.num_clients of them)"),
+      *[(f"privacy.{name}", lambda v: 0 <= v < math.inf, "a finite number >= 0 (0: off)")
+        for name in PRIVACY_FIELDS],
       ("batch_size", *_int_in(1, MAX_BATCH)),
       ("num_steps", *_int_in(1, MAX_STEPS)),
       ("log_every", *_int_in(1, MAX_STEPS)),
@@ -536,6 +539,26 @@ def check_server_steps(c, local_steps: int) -> None:
                       f"sampled clients = {server_steps}): decaying schedules count in int32")
 
 
+def _check_privacy(c) -> None:
+  """A defence needs MTSL and the message it protects (docs/privacy.md)."""
+  on = [name for name in PRIVACY_FIELDS if c.privacy[name] > 0]
+  if not on:
+    return
+  if c.algorithm != "mtsl":
+    raise ConfigError(f"privacy.{on[0]}", f"the defences apply to algorithm 'mtsl' only; got "
+                      f"algorithm {c.algorithm!r} (set privacy.{on[0]} = 0)")
+  orient = c.split.orientation
+  for name in on:
+    if name in ("smashed_noise_std", "nopeek_weight") and orient == "top":
+      raise ConfigError(f"privacy.{name}", "protects the smashed data a client bottom sends "
+                        "up; orientation 'top' has no client bottom (use 'bottom' or "
+                        "'u_shaped')")
+    if name in ("cut_grad_clip", "cut_grad_noise_std") and orient == "bottom":
+      raise ConfigError(f"privacy.{name}", "protects the cut-layer gradients a client head "
+                        "sends up; in orientation 'bottom' the server holds the head and the "
+                        "labels (use 'u_shaped' or 'top')")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks every field of `config`; raises ConfigError on the first problem.
 
@@ -557,6 +580,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_data_names(config)
   if config.algorithm in SPLIT_ALGORITHMS:  # the cut means nothing to unsplit methods
     _check_split(config)
+  _check_privacy(config)
   _check_client_groups(config)
   _check_fl(config)
   memory.check_memory(config)

@@ -6,12 +6,13 @@ own layer and of lower ones:
   0. errors        errors.py (and the package's own __init__): imports nothing of mtsl_jax.
   1. foundations   config_base, methods, optimizers, step_sizes, signals, fingerprint,
                    workdir, metric_writers, checkpointing, distributed, sharding,
-                   exit_codes: each about one thing, knowing nothing of MTSL.
+                   exit_codes, distance_correlation: each about one thing, knowing
+                   nothing of MTSL.
   2. data          data/: sources, partitions, Synthetic, the federation on the device.
   3. models        models, cut_costs, task_losses, split_state, split_model, client_groups.
   4. config checks memory, validation, config_files: a config checked against the
                    schema, the models and the machine, before anything is built.
-  5. MTSL          split_gradients, split, ledger, evaluation.
+  5. MTSL          cut_defences, split_gradients, split, ledger, evaluation.
   6. methods       algorithms/: MTSL and the baselines behind one interface.
   7. runs          loop, replicas, train, seed_batch: the one training loop.
   8. studies       smoothness, lr_grid, lr_study: tools on the MTSL problem (the grid
@@ -39,12 +40,12 @@ LAYERS = (
     ("errors", ("", "errors")),
     ("foundations", ("config_base", "methods", "optimizers", "step_sizes", "signals",
                      "fingerprint", "workdir", "metric_writers", "checkpointing",
-                     "distributed", "sharding", "exit_codes")),
+                     "distributed", "sharding", "exit_codes", "distance_correlation")),
     ("data", ("data/",)),
     ("models", ("models", "cut_costs", "task_losses", "split_state", "split_model",
                 "client_groups")),
     ("config checks", ("memory", "validation", "config_files")),
-    ("MTSL", ("split_gradients", "split", "ledger", "evaluation")),
+    ("MTSL", ("cut_defences", "split_gradients", "split", "ledger", "evaluation")),
     ("methods", ("algorithms/",)),
     ("runs", ("loop", "replicas", "train", "seed_batch")),
     ("studies", ("smoothness", "lr_grid", "lr_study")),

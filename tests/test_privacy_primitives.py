@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mtsl_jax.privacy import image_metrics, label_inference
-from mtsl_jax.privacy.distance_correlation import distance_correlation
+from mtsl_jax.distance_correlation import distance_correlation
 
 
 def _dcor_by_loops(x: np.ndarray, z: np.ndarray) -> float:

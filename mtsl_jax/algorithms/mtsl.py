@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtsl_jax import client_groups, data, ledger, models, optimizers, split
+from mtsl_jax import client_groups, cut_defences, data, ledger, models, optimizers, split
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import task_setup
 
@@ -57,7 +57,8 @@ def make_step_context(config, federation: data.Federation) -> split.StepContext:
       lr_multipliers_M=jnp.asarray(multipliers, jnp.float32),
       batch_size=config.batch_size,
       implementation=config.split.implementation,
-      common_client_init=config.split.client_init == "common")
+      common_client_init=config.split.client_init == "common",
+      defences=cut_defences.CutDefences.from_config(config.privacy))
 
 
 def build(config, federation: data.Federation) -> Algorithm:
