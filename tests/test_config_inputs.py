@@ -302,6 +302,8 @@ LAUNCHES = [
      "error: --profile: must be one of ['full', 'cpu', 'cnn', 'cpu_cnn', 'test'], got 'laptop'"),
     (["launch/server_map.py", "--settings=iid", "--results", "{tmp}/runs.jsonl"],
      "error: --settings: ['iid'] not in profile 'cpu'"),
+    (["launch/privacy.py", "--profile=gpu", "--results", "{tmp}/runs.jsonl"],
+     "error: --profile: must be one of ['cpu', 'test'], got 'gpu'"),
     (["launch/server_map.py", "--phases=tune,plot", "--results", "{tmp}/runs.jsonl"],
      "error: --phases: unknown ['plot']; allowed: tune, map, ablations, report"),
 ]

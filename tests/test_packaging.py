@@ -65,7 +65,7 @@ def test_every_entry_point_runs_a_command_module_with_main():
   scripts = _pyproject()["project"]["scripts"]
   assert set(scripts) == {"mtsl-train", "mtsl-sweep", "mtsl-lr-sweep", "mtsl-plot",
                           "mtsl-reproduce", "mtsl-smoothness", "mtsl-compare-v2",
-                          "mtsl-server-map"}
+                          "mtsl-server-map", "mtsl-privacy"}
   for target in scripts.values():
     module, _, function = target.partition(":")
     assert module == "mtsl_jax.cli.commands" and callable(getattr(commands, function))

@@ -7,6 +7,7 @@
   mtsl-reproduce        mtsl_jax/cli/reproduce.py            python launch/reproduce.py
   mtsl-compare-v2       mtsl_jax/cli/compare_v2.py           python launch/compare_v2.py
   mtsl-server-map       mtsl_jax/cli/server_map.py           python launch/server_map.py
+  mtsl-privacy          mtsl_jax/cli/privacy.py              python launch/privacy.py
   mtsl-smoothness       mtsl_jax/cli/estimate_smoothness.py  python launch/estimate_smoothness.py
 
 Each entry point installs `signals.install_early_exit` first and only then imports its
@@ -86,6 +87,11 @@ def compare_v2() -> None:
 def server_map() -> None:
   """`mtsl-server-map`: when the shared server part helps (map, ablations, document)."""
   _run("server_map")
+
+
+def privacy() -> None:
+  """`mtsl-privacy`: defences against attacks on the messages (docs/privacy.md)."""
+  _run("privacy")
 
 
 def smoothness() -> None:

@@ -1,0 +1,87 @@
+"""The attack suite on a recorded window of messages: one number per client per attack.
+
+What the server of docs/privacy.md can compute from a `messages.Window`:
+
+  * label leakage ('up/cut_gradients': orientations 'u_shaped' and 'top', where the
+    client keeps the labels): the cosine attack of Li et al. (2022), one-vs-rest, with one
+    known example per class (the window's first example of each class, as if the
+    attacker had labelled a handful of a client's examples); per client the mean AUC
+    over its classes (`label_inference.cosine_attack_auc`). 0.5 is chance;
+  * input dependence ('up/smashed': 'bottom' and 'u_shaped'): the distance correlation
+    between each client's inputs and the smashed data it sent (`distance_correlation`),
+    1 for an invertible-by-similarity map, near 0 for independence.
+
+Raw inputs ('up/inputs', the 'top' orientation) and labels ('up/labels', 'bottom') are
+sent in the clear: the suite reports them as fully leaked (AUC 1, dCor 1) rather than
+attacking them.
+"""
+
+import jax
+import numpy as np
+
+from mtsl_jax import distance_correlation
+from mtsl_jax.privacy import label_inference, messages
+
+
+def label_leakage(window: messages.Window) -> np.ndarray | None:
+  """Per-client mean one-vs-rest AUC of the cosine attack; None when labels never travel.
+
+  Args:
+    window: a recorded window.
+
+  Returns:
+    float64 [M] (NaN for a client with fewer than two classes in the window), all ones
+    when the labels themselves are sent ('bottom'), or None.
+  """
+  if "up/labels" in window.messages:
+    return np.ones(window.y.shape[0])
+  grads = window.messages.get("up/cut_gradients")
+  if grads is None:
+    return None
+  out = np.full(window.y.shape[0], np.nan)
+  for m in range(window.y.shape[0]):
+    labels = window.y[m]
+    classes, first = np.unique(labels, return_index=True)
+    if len(classes) < 2:
+      continue
+    known = {int(c): int(i) for c, i in zip(classes, first)}
+    out[m] = label_inference.cosine_attack_auc(grads[m], labels, known)["mean"]
+  return out
+
+
+def input_dependence(window: messages.Window) -> np.ndarray | None:
+  """Per-client dCor(inputs, what the server received of them); None when nothing is.
+
+  Args:
+    window: a recorded window.
+
+  Returns:
+    float64 [M]: dCor of each client's inputs and smashed data, all ones when the raw
+    inputs are sent ('top').
+  """
+  if "up/inputs" in window.messages:
+    return np.ones(window.x.shape[0])
+  smashed = window.messages.get("up/smashed")
+  if smashed is None:
+    return None
+  dcor = jax.jit(jax.vmap(distance_correlation.distance_correlation))(window.x, smashed)
+  return np.asarray(dcor, np.float64)
+
+
+def attack_all(window: messages.Window) -> dict[str, float | None]:
+  """The suite's numbers, each the mean over clients (None where it does not apply).
+
+  Args:
+    window: a recorded window.
+
+  Returns:
+    {'label_auc', 'input_dcor'} means over the clients (NaNs ignored; None when the
+    message is not sent, or no client could be scored).
+  """
+  def mean(values):
+    # A window where no client has two classes (tiny batches) has no label score.
+    if values is None or np.all(np.isnan(values)):
+      return None
+    return float(np.nanmean(values))
+  return {"label_auc": mean(label_leakage(window)),
+          "input_dcor": mean(input_dependence(window))}

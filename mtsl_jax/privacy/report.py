@@ -1,0 +1,195 @@
+"""docs/privacy.md and its figures, generated from the privacy study's records alone.
+
+`write_report(results, document)` reads `results/privacy/runs.jsonl` (`tradeoff`), and
+writes the threat model, the defences and attacks as implemented, the privacy-utility
+table (accuracy and each attack's score per row, mean and 95% t-interval over seeds) and
+the trade-off figures. Rows not yet recorded say so. The output depends on the records
+only: writing it twice gives the same files.
+"""
+
+import collections
+import math
+import pathlib
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+
+# pylint: disable=wrong-import-position
+from mtsl_jax.comparison import records, statistics
+from mtsl_jax.comparison import report_format as fmt
+from mtsl_jax.privacy import tradeoff
+# pylint: enable=wrong-import-position
+
+REGENERATE = "python launch/privacy.py --phases=report"
+ATTACKS = {"label_auc": "label-inference AUC (cosine attack; 0.5 is chance)",
+           "input_dcor": "dCor(inputs, smashed data)"}
+
+THREAT_MODEL = """## Threat model
+
+The server is honest but curious: it runs the protocol faithfully and keeps every message
+it receives, per orientation (the ledger's messages, `split_gradients.protocol_gradients`):
+
+- 'bottom': client m sends its smashed data B_m(x) and its labels y. At risk: the inputs
+  (from the smashed data); the labels travel in the clear.
+- 'u_shaped': client m sends its smashed data B_m(x) and the cut-layer gradients
+  ∂f_m/∂h of its head. At risk: the inputs, and the labels (from the gradients).
+- 'top': client m sends its raw inputs x and the cut-layer gradients of its head. At
+  risk: the inputs travel in the clear; the labels (from the gradients).
+
+It holds the server part G and may hold auxiliary public data from the same or a related
+distribution; it knows one labelled example per class of each client for the
+label-inference attack (Li et al., ICLR 2022). Under FedAvg the same server sees every
+client's model update (a gradient-inversion reference, not yet implemented).
+
+## Defences (`config.privacy`, MTSL; `mtsl_jax/cut_defences.py`)
+
+- `smashed_noise_std`: Gaussian noise on every element of the smashed data sent up.
+- `nopeek_weight`: the NoPeek penalty (Vepakomma et al. 2020): each client bottom also
+  minimizes weight x dCor(inputs, smashed data) over its minibatch.
+- `cut_grad_clip`, `cut_grad_noise_std`: each example's cut-layer gradient a client head
+  sends up is clipped, then noised (label protection).
+- The cut itself: a deeper client bottom (`split.client_bottom_blocks`).
+
+Every defence trains inside the same jitted, vmapped step, in both gradient
+implementations, and is the undefended step at strength 0 (tests/test_cut_defences.py).
+
+## Attacks (`mtsl_jax/privacy/`)
+
+- Label inference from the cut-layer gradients (`label_inference.py`): the cosine attack,
+  one-vs-rest with one known example per class; the AUC per client, averaged.
+- Input dependence (`distance_correlation.py`): dCor between each client's inputs and the
+  smashed data it sent, a cheap leakage statistic (1: a similarity map of the inputs).
+- Both read the messages of real training runs: `messages.record_window` continues a run
+  for a few steps from its state at the start, the middle and the end of training and
+  keeps what the server received (tests/test_privacy_messages.py checks it is the run's
+  own training).
+- Not yet: input reconstruction by a decoder trained on auxiliary data (He et al. 2019;
+  the PSNR and SSIM it would report are in `image_metrics.py`), gradient inversion on a
+  FedAvg update, SplitFed rows, Fashion-MNIST and CIFAR-10.
+"""
+
+
+def _summaries(recs: Sequence[dict]) -> dict[tuple, dict]:
+  """(profile, row) -> {'accuracy': Interval, 'attacks': {window: {attack: Interval}}}."""
+  latest = {}
+  for r in recs:
+    latest[(r["profile"], r["row"], r["seed"])] = r
+  groups = collections.defaultdict(list)
+  for (profile, row, _), r in sorted(latest.items(), key=lambda kv: repr(kv[0])):
+    groups[(profile, row)].append(r)
+  out = {}
+  for key, runs in groups.items():
+    accs = [r["accuracy"] for r in runs if r["accuracy"] is not None
+            and math.isfinite(r["accuracy"])]
+    windows = {}
+    for t in runs[0]["attacks"]:
+      windows[t] = {}
+      for attack in ATTACKS:
+        values = [r["attacks"][t][attack] for r in runs
+                  if r["attacks"].get(t, {}).get(attack) is not None
+                  and math.isfinite(r["attacks"][t][attack])]
+        windows[t][attack] = statistics.t_interval(values) if values else None
+    out[key] = {"accuracy": statistics.t_interval(accs) if accs else None,
+                "attacks": windows, "seeds": len(runs), "row": runs[0]}
+  return out
+
+
+def _table(summ: dict) -> list[str]:
+  lines = ["## Privacy-utility table", "",
+           "Final mean per-task test accuracy (%) and each attack's score at the start, the "
+           "middle and the end of training (window steps), mean ± 95% t half-width over "
+           "seeds; '—' where the message the attack reads is not sent.", ""]
+  for profile in sorted({k[0] for k in summ}):
+    mine = {k[1]: v for k, v in summ.items() if k[0] == profile}
+    windows = list(next(iter(mine.values()))["attacks"])
+    lines += [f"### Profile {profile}", "",
+              "| orientation | defence | strength | seeds | accuracy | "
+              + " | ".join(f"label AUC @{t}" for t in windows) + " | "
+              + " | ".join(f"dCor @{t}" for t in windows) + " |",
+              "|---|---|---|---|---|" + "---|" * (2 * len(windows))]
+    for row in tradeoff.rows():
+      s = mine.get(row.name)
+      if s is None:
+        lines.append(f"| {row.orientation} | {row.defence} | {row.strength:g} | 0 | not run "
+                     "|" + " |" * (2 * len(windows)))
+        continue
+      cells = [fmt.interval_text(s["attacks"][t]["label_auc"], 1, 3) for t in windows]
+      cells += [fmt.interval_text(s["attacks"][t]["input_dcor"], 1, 3) for t in windows]
+      lines.append(f"| {row.orientation} | {row.defence} | {row.strength:g} | {s['seeds']} | "
+                   f"{fmt.interval_text(s['accuracy'], 100)} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return lines
+
+
+def _plot(summ: dict, profile: str, attack: str, out: pathlib.Path) -> pathlib.Path | None:
+  """Accuracy against one attack's end-of-training score, a line per defence."""
+  mine = {k[1]: v for k, v in summ.items() if k[0] == profile}
+  if not mine:
+    return None
+  end = list(next(iter(mine.values()))["attacks"])[-1]
+  lines = collections.defaultdict(list)
+  for row in tradeoff.rows():
+    s = mine.get(row.name)
+    score = None if s is None else s["attacks"][end][attack]
+    if s is None or s["accuracy"] is None or score is None:
+      continue
+    lines[(row.orientation, row.defence)].append((score, s["accuracy"], row.strength))
+  if not lines:
+    return None
+  fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
+  for orientation in tradeoff.DEFENCES_OF:
+    base = lines.get((orientation, "none"))
+    for (orient, defence), points in sorted(lines.items()):
+      if orient != orientation or defence == "none":
+        continue
+      points = (base or []) + points
+      ax.errorbar([p[0].mean for p in points], [100 * p[1].mean for p in points],
+                  xerr=[p[0].half_width if p[0].n > 1 else 0 for p in points],
+                  yerr=[100 * p[1].half_width if p[1].n > 1 else 0 for p in points],
+                  marker="o", ms=4, capsize=2, label=f"{orientation}: {defence}")
+  ax.set_xlabel(f"{ATTACKS[attack]} at step {end}", fontsize=8)
+  ax.set_ylabel("test accuracy (%)", fontsize=8)
+  ax.legend(fontsize=7)
+  ax.set_title(f"{profile}: accuracy against {attack} (each line: 0, then rising strength)",
+               fontsize=8)
+  path = out / f"{fmt.slug('privacy', profile, attack)}.png"
+  fig.savefig(path, dpi=80, metadata={"Software": None})
+  plt.close(fig)
+  return path
+
+
+def write_report(results: pathlib.Path, document: pathlib.Path) -> None:
+  """Writes docs/privacy.md (or `document`) and its figures from the records.
+
+  Args:
+    results: the JSONL of privacy records.
+    document: the markdown file; figures go to <its dir>/figures/privacy/.
+  """
+  recs = records.ResultsFile(results).load()
+  summ = _summaries(recs)
+  figures = document.parent / "figures" / "privacy"
+  figures.mkdir(parents=True, exist_ok=True)
+  lines = ["# Privacy of what travels", "",
+           "What an honest-but-curious server learns from MTSL's messages, and what each "
+           "defence costs in accuracy. Every number below is computed from "
+           f"`{results.as_posix()}` by `{REGENERATE}`; the records come from "
+           "`python launch/privacy.py --profile=cpu --tfds_data_dir=DIR` (resumable).", "",
+           THREAT_MODEL]
+  lines += ["## Trade-off figures", ""]
+  for profile in sorted({k[0] for k in summ}):
+    for attack in ATTACKS:
+      path = _plot(summ, profile, attack, figures)
+      if path is not None:
+        lines += [f"![{profile} {attack}]({path.relative_to(document.parent).as_posix()})",
+                  ""]
+  if not summ:
+    lines += ["No records yet.", ""]
+  lines += _table(summ)
+  reductions = list(dict.fromkeys(x for r in recs for x in r.get("reductions") or []))
+  if reductions:
+    lines += ["## Reductions", "", *[f"- {x}" for x in reductions], ""]
+  document.parent.mkdir(parents=True, exist_ok=True)
+  document.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")

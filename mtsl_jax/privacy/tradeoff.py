@@ -1,0 +1,223 @@
+"""The privacy-utility study: MTSL runs under each defence and strength, attacked.
+
+For every row (orientation, defence, strength) of `ROWS` and every seed, an MTSL run
+trains; at each of the profile's window steps (the start, the middle and the end of
+training) `messages.record_window` records what the server received over a few steps,
+and `attacks.attack_all` scores it. One JSON line per (row, seed) in the records: the
+final test accuracy (utility) and, per window, the label-inference AUC and the
+input-dependence dCor (leakage). docs/privacy.md is generated from those lines
+(`privacy/report.py`).
+
+The rows: no defence; Gaussian noise on the smashed data; the NoPeek penalty; noise on
+the cut-layer gradients a client head sends up (label protection); and a deeper client
+bottom (two blocks, the cut itself as a defence). Each defence runs at four strengths in
+the orientations that send its message ('u_shaped', 'bottom', 'top'). The learning rates
+are the server map's tuned points on MNIST (results/server_map/runs.jsonl, profile
+'cpu', MLP 784-100-100-10), the same for every defence, so a defence's cost in accuracy
+is measured at the undefended run's rates.
+"""
+
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mtsl_jax import config_base, data, seed_batch, train, validation
+from mtsl_jax.comparison import records, v2_runner
+from mtsl_jax.privacy import attacks, messages
+
+# Strengths per defence, from weak to strong (each also runs at 0: the 'none' row).
+STRENGTHS = {
+    "smashed_noise_std": (0.3, 1.0, 3.0, 10.0),
+    "nopeek_weight": (0.1, 0.3, 1.0, 3.0),
+    # Each example's cut gradient of a batch-mean loss is ~ 1/B of the loss's: ~1e-2.
+    "cut_grad_noise_std": (0.001, 0.003, 0.01, 0.03),
+}
+# Which defences protect a message each orientation sends.
+DEFENCES_OF = {
+    "u_shaped": ("smashed_noise_std", "nopeek_weight", "cut_grad_noise_std"),
+    "bottom": ("smashed_noise_std", "nopeek_weight", "client_bottom_blocks"),
+    "top": ("cut_grad_noise_std",),
+}
+CUTS = {"u_shaped": (1, 1), "bottom": (1, 0), "top": (0, 1)}
+# (server, client) rates: the server map's tuned MNIST points (mtsl_u_shaped,
+# mtsl_bottom, mtsl_head) at 400 examples x 10 clients.
+RATES = {"u_shaped": (0.0316228, 0.316228), "bottom": (0.0316228, 1.0),
+         "top": (0.316228, 1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One defended configuration: orientation, defence ('none' or a field) and strength."""
+  orientation: str
+  defence: str
+  strength: float
+
+  @property
+  def name(self) -> str:
+    return f"{self.orientation}/{self.defence}={self.strength:g}"
+
+
+def rows() -> list[Row]:
+  """Every row of the study, undefended first within each orientation."""
+  out = []
+  for orientation, defences in DEFENCES_OF.items():
+    out.append(Row(orientation, "none", 0.0))
+    for defence in defences:
+      if defence == "client_bottom_blocks":  # the deeper cut: the client holds 2 blocks
+        out.append(Row(orientation, defence, 2.0))
+      else:
+        out += [Row(orientation, defence, s) for s in STRENGTHS[defence]]
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  """How much a machine runs.
+
+  Attributes:
+    dataset: data.* overrides.
+    model: model.* overrides.
+    clients: number of clients.
+    num_steps: training steps (batch 32 per client).
+    windows: the steps at which messages are recorded (each followed by window_steps),
+      increasing, the last the end of training (num_steps).
+    window_steps: W, steps per recorded window.
+    seeds: the seeds of every row.
+    rates: whether to use RATES (False: 0.1 on both sides, the embedded data's).
+    reductions: how it departs from a full study.
+  """
+  dataset: dict[str, Any]
+  model: dict[str, Any]
+  clients: int
+  num_steps: int
+  windows: tuple[int, ...]
+  window_steps: int
+  seeds: tuple[int, ...]
+  rates: bool
+  reductions: tuple[str, ...]
+
+
+PROFILES = {
+    "cpu": Profile({"source": "tfds", "name": "mnist", "partition": "iid"},
+                   {"name": "mlp", "hidden_sizes": (100, 100)}, 10, 300, (0, 150, 300), 8,
+                   (0, 1, 2), True,
+                   ("MNIST only (Fashion-MNIST and CIFAR-10 not yet)", "3 seeds",
+                    "300 steps of 32 examples per client", "MTSL only: SplitFed and "
+                    "FedAvg (gradient inversion) rows not yet", "no reconstruction "
+                    "attack yet")),
+    "test": Profile({"source": "synthetic"}, {"name": "mlp", "hidden_sizes": (8, 8)}, 3, 20,
+                    (0, 20), 2, (0, 1), False, ("embedded synthetic data: a pipeline check",)),
+}
+
+
+def make_config(profile: Profile, row: Row, tfds_data_dir: str = "",
+                num_steps: int | None = None) -> ml_collections.ConfigDict:
+  """The config of one row (seed 0; `seed_batch` sets the others).
+
+  Args:
+    profile: the profile.
+    row: the defended configuration.
+    tfds_data_dir: TFDS data_dir ('' = TFDS's default).
+    num_steps: train this many steps (None: the profile's).
+
+  Returns:
+    A validated config.
+  """
+  c = config_base.base_config()
+  c.data.update(profile.dataset)
+  c.data.num_clients = profile.clients
+  c.data.tfds_data_dir = tfds_data_dir
+  c.model.update(profile.model)
+  c.split.orientation = row.orientation
+  c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS[row.orientation]
+  if row.defence == "client_bottom_blocks":
+    c.split.client_bottom_blocks = int(row.strength)
+  elif row.defence != "none":
+    c.privacy[row.defence] = float(row.strength)
+  server_lr, client_lr = RATES[row.orientation] if profile.rates else (0.1, 0.1)
+  c.server_optimizer.learning_rate = server_lr
+  c.client_optimizer.learning_rate = client_lr
+  c.batch_size = 32 if profile.rates else 4
+  c.num_steps = num_steps or profile.num_steps
+  # One interval for every segment (a resumed run keeps its loop intervals): each window
+  # step is a multiple of it, so every segment ends on an evaluation and a checkpoint.
+  c.log_every = c.eval_every = c.checkpoint_every = math.gcd(*profile.windows)
+  c.progress_bar = False
+  validation.validate_config(c)
+  return c
+
+
+def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row: Row,
+            tfds_data_dir: str = "", verbose: bool = True) -> list[dict]:
+  """Trains one row's unrecorded seeds (vmapped), records windows, appends the records.
+
+  Training runs in segments ending at each window step; the segment's final state is
+  where the window is recorded, and the next segment resumes from its checkpoint (the
+  recording never changes the training).
+
+  Returns:
+    The new records.
+  """
+  profile = PROFILES[profile_name]
+  if profile.windows[-1] != profile.num_steps:
+    raise ValueError(f"profile {profile_name!r}: the last window must be the end of "
+                     f"training ({profile.num_steps}), got {profile.windows}")
+  out = records.ResultsFile(results)
+  done = {(r["row"], r["seed"]) for r in out.load() if r["profile"] == profile_name}
+  seeds = [s for s in profile.seeds if (row.name, s) not in done]
+  if not seeds:
+    return []
+  start = time.perf_counter()
+  cell = scratch / profile_name / row.name.replace("/", "_")
+  workdirs = [cell / f"seed={s}" for s in seeds]
+  windows = {s: {} for s in seeds}
+  accuracy = {}
+  for t in profile.windows:
+    config = make_config(profile, row, tfds_data_dir, num_steps=max(t, 1))
+    if t == 0:  # before training: the initial state
+      states = {s: _initial_state(config, s) for s in seeds}
+    else:
+      results_ = seed_batch.train_seeds(config, seeds, workdirs, allow_single=True,
+                                        group_dir=cell / "group")
+      states = {s: r.state for s, r in zip(seeds, results_)}
+      accuracy = {s: float(r.eval_metrics.get("test/accuracy_mean", np.nan))
+                  for s, r in zip(seeds, results_)}
+    for s in seeds:
+      seed_config = seed_batch.seed_configs(config, [s])[0]
+      federation = data.build_federation(seed_config.data, s)
+      window, _ = messages.record_window(seed_config, states[s], federation,
+                                         profile.window_steps)
+      windows[s][str(t)] = attacks.attack_all(window)
+  new = [{"profile": profile_name, "row": row.name, "orientation": row.orientation,
+          "defence": row.defence, "strength": row.strength, "seed": s,
+          "num_steps": profile.num_steps, "window_steps": profile.window_steps,
+          "accuracy": accuracy.get(s), "attacks": windows[s],
+          "reductions": list(profile.reductions),
+          "where": v2_runner.where_computed(len(seeds))}
+         for s in seeds]
+  out.append(new)
+  if verbose:
+    print(f"[privacy] {row.name} seeds={seeds}: acc "
+          + " ".join(f"{r['accuracy']:.3f}" for r in new) + " | end "
+          + str(new[0]["attacks"][str(profile.windows[-1])])
+          + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+  return new
+
+
+def _initial_state(config, seed):
+  """A run's state at step 0 (what its first window attacks)."""
+  _, algorithm = train.prepare_run(seed_batch.seed_configs(config, [seed])[0])
+  return jax.jit(algorithm.init_state)()
+
+
+def run_profile(results: pathlib.Path, scratch: pathlib.Path, profile_name: str,
+                tfds_data_dir: str = "", verbose: bool = True) -> None:
+  """Runs every row of a profile that is not recorded yet."""
+  for row in rows():
+    run_row(results, scratch, profile_name, row, tfds_data_dir, verbose)

@@ -1,0 +1,93 @@
+"""Recorded messages are the run's own, and the attack suite's numbers on known cases."""
+
+import jax
+import numpy as np
+import pytest
+
+from mtsl_jax import cut_defences, data, split_gradients, train
+from mtsl_jax.algorithms import mtsl
+from mtsl_jax.privacy import attacks, messages
+from tests.test_replicas import _tiny
+
+
+def _run(tmp_path, steps, **overrides):
+  config = _tiny(**{"split.orientation": "u_shaped", "num_steps": steps, **overrides})
+  result = train.train_and_evaluate(config, tmp_path / f"steps={steps}", verbose=False)
+  return config, result.state, data.build_federation(config.data, config.seed)
+
+
+@pytest.mark.parametrize("defended", [False, True])
+def test_a_window_is_the_runs_own_steps_and_messages(tmp_path, defended):
+  extra = {"privacy.smashed_noise_std": 0.1, "privacy.cut_grad_clip": 0.5} if defended else {}
+  config, state, federation = _run(tmp_path, 3, **extra)
+  window, after = messages.record_window(config, state, federation, 3)
+  # Recording does not change training: three recorded steps end where the loop does.
+  _, longer, _ = _run(tmp_path, 6, **extra)
+  for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(longer)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  # The first step's messages are the protocol's on that step's minibatch and key.
+  ctx = mtsl.make_step_context(config, federation)
+  train_data, _ = data.to_device(federation)
+  x, y = data.sample_batches(train_data, jax.random.fold_in(state.rng, state.step), 4)
+  key = cut_defences.step_key(state.rng, state.step)
+  sent = split_gradients.protocol_gradients(ctx.split, state.server.params,
+                                            state.clients.params, x, y, ctx.num_classes_M,
+                                            ctx.weights_M, defences=ctx.defences, key=key)[4]
+  assert window.start_step == 3 and window.x.shape[:2] == (3, 12)
+  np.testing.assert_array_equal(window.y[:, :4], np.asarray(y))
+  for name, value in sent.items():
+    np.testing.assert_allclose(window.messages[name][:, :4], np.asarray(value), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_what_travels_in_the_clear_counts_as_leaked(tmp_path):
+  config, state, federation = _run(tmp_path, 2, **{"split.orientation": "bottom",
+                                                   "split.client_top_blocks": 0})
+  window, _ = messages.record_window(config, state, federation, 2)
+  assert attacks.attack_all(window)["label_auc"] == 1.0  # the labels go up with the data
+  config, state, federation = _run(tmp_path / "top", 2, **{"split.orientation": "top",
+                                                           "split.client_bottom_blocks": 0})
+  window, _ = messages.record_window(config, state, federation, 2)
+  out = attacks.attack_all(window)
+  assert out["input_dcor"] == 1.0 and 0 <= out["label_auc"] <= 1  # raw inputs go up
+
+
+def _window(grads, labels, x=None, smashed=None):
+  msgs = {"up/cut_gradients": grads}
+  if smashed is not None:
+    msgs["up/smashed"] = smashed
+  x = np.zeros(labels.shape + (1,), np.float32) if x is None else x
+  return messages.Window(0, x, labels, msgs)
+
+
+def test_label_leakage_is_perfect_on_logit_gradients_and_chance_on_noise():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, size=(2, 400))
+  # The gradient of cross-entropy w.r.t. the logits, p - onehot(y), at a uniform p: each
+  # class has its own direction, so one known example per class separates it exactly.
+  grads = np.full((2, 400, 4), 0.25) - np.eye(4)[labels]
+  np.testing.assert_allclose(attacks.label_leakage(_window(grads, labels)), 1.0)
+  noise = rng.normal(size=(2, 400, 4))
+  assert np.all(np.abs(attacks.label_leakage(_window(noise, labels)) - 0.5) < 0.1)
+
+
+def test_input_dependence_is_one_for_a_copy_and_small_for_independent_messages():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 300, 3)).astype(np.float32)
+  labels = np.zeros((2, 300), np.int64)
+  copy = _window(np.zeros((2, 300, 1)), labels, x=x, smashed=2 * x + 1)
+  np.testing.assert_allclose(attacks.input_dependence(copy), 1.0, atol=1e-5)
+  independent = _window(np.zeros((2, 300, 1)), labels, x=x,
+                        smashed=rng.normal(size=(2, 300, 3)).astype(np.float32))
+  assert np.all(attacks.input_dependence(independent) < 0.2)
+
+
+def test_nopeek_and_smashed_noise_lower_the_input_dependence_the_server_sees(tmp_path):
+  measured = {}
+  for name, extra in {"none": {}, "noise": {"privacy.smashed_noise_std": 5.0},
+                      "nopeek": {"privacy.nopeek_weight": 1.0}}.items():
+    config, state, federation = _run(tmp_path / name, 30, batch_size=16, **extra)
+    window, _ = messages.record_window(config, state, federation, 10)
+    measured[name] = attacks.attack_all(window)["input_dcor"]
+  assert measured["noise"] < measured["none"] - 0.1
+  assert measured["nopeek"] < measured["none"] - 0.1
