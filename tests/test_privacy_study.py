@@ -34,6 +34,8 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
     if r["orientation"] == "bottom":
       assert end["label_auc"] == 1.0  # the labels travel with the smashed data
     assert 0 <= end["input_dcor"] <= 1
+    assert 0 <= end["recon_classifier_accuracy"] <= 1 and end["recon_ssim"] is None
+    assert "recon_psnr" not in r["attacks"]["0"]  # reconstruction: end of training only
   before = results.read_text()
   tradeoff.run_profile(results, tmp_path / "scratch", "test", verbose=False)
   assert results.read_text() == before  # recorded rows do not run again
@@ -41,6 +43,7 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
   report.write_report(results, document)
   text = document.read_text()
   assert "## Threat model" in text and "| u_shaped | cut_grad_noise_std | 0.03 | 2 |" in text
-  assert (tmp_path / "figures" / "privacy" / "privacy_test_label_auc.png").exists()
+  for attack in report.FIGURES:
+    assert (tmp_path / "figures" / "privacy" / f"privacy_test_{attack}.png").exists()
   report.write_report(results, document)
   assert document.read_text() == text

@@ -25,7 +25,12 @@ from mtsl_jax.privacy import tradeoff
 
 REGENERATE = "python launch/privacy.py --phases=report"
 ATTACKS = {"label_auc": "label-inference AUC (cosine attack; 0.5 is chance)",
-           "input_dcor": "dCor(inputs, smashed data)"}
+           "input_dcor": "dCor(inputs, smashed data)",
+           "recon_psnr": "PSNR of reconstructed inputs (dB)",
+           "recon_ssim": "SSIM of reconstructed inputs",
+           "recon_classifier_accuracy": "a fixed classifier's accuracy on reconstructions"}
+PER_WINDOW = ("label_auc", "input_dcor")   # the others: at the end of training only
+FIGURES = ("label_auc", "input_dcor", "recon_classifier_accuracy")
 
 THREAT_MODEL = """## Threat model
 
@@ -66,9 +71,14 @@ implementations, and is the undefended step at strength 0 (tests/test_cut_defenc
   for a few steps from its state at the start, the middle and the end of training and
   keeps what the server received (tests/test_privacy_messages.py checks it is the run's
   own training).
-- Not yet: input reconstruction by a decoder trained on auxiliary data (He et al. 2019;
-  the PSNR and SSIM it would report are in `image_metrics.py`), gradient inversion on a
-  FedAvg update, SplitFed rows, Fashion-MNIST and CIFAR-10.
+- Input reconstruction (`reconstruction.py`): the inverse network of He et al. (2019).
+  The server queries client 0's bottom on its auxiliary data (the other clients' test
+  examples), trains a decoder from smashed data back to inputs, and applies it to the
+  smashed data it received at the end of training; PSNR and SSIM of the reconstructions
+  (`image_metrics.py`) and the accuracy of a fixed classifier (trained on the auxiliary
+  data) on them.
+- Not yet: gradient inversion on a FedAvg update, SplitFed rows, Fashion-MNIST and
+  CIFAR-10.
 """
 
 
@@ -87,7 +97,7 @@ def _summaries(recs: Sequence[dict]) -> dict[tuple, dict]:
     windows = {}
     for t in runs[0]["attacks"]:
       windows[t] = {}
-      for attack in ATTACKS:
+      for attack in (a for a in ATTACKS if a in runs[0]["attacks"][t]):
         values = [r["attacks"][t][attack] for r in runs
                   if r["attacks"].get(t, {}).get(attack) is not None
                   and math.isfinite(r["attacks"][t][attack])]
@@ -105,19 +115,24 @@ def _table(summ: dict) -> list[str]:
   for profile in sorted({k[0] for k in summ}):
     mine = {k[1]: v for k, v in summ.items() if k[0] == profile}
     windows = list(next(iter(mine.values()))["attacks"])
+    end = windows[-1]
+    recon = ("recon_psnr", "recon_ssim", "recon_classifier_accuracy")
     lines += [f"### Profile {profile}", "",
               "| orientation | defence | strength | seeds | accuracy | "
               + " | ".join(f"label AUC @{t}" for t in windows) + " | "
-              + " | ".join(f"dCor @{t}" for t in windows) + " |",
-              "|---|---|---|---|---|" + "---|" * (2 * len(windows))]
+              + " | ".join(f"dCor @{t}" for t in windows)
+              + f" | PSNR @{end} | SSIM @{end} | classifier on reconstructions @{end} |",
+              "|---|---|---|---|---|" + "---|" * (2 * len(windows) + 3)]
     for row in tradeoff.rows():
       s = mine.get(row.name)
       if s is None:
         lines.append(f"| {row.orientation} | {row.defence} | {row.strength:g} | 0 | not run "
-                     "|" + " |" * (2 * len(windows)))
+                     "|" + " |" * (2 * len(windows) + 3))
         continue
       cells = [fmt.interval_text(s["attacks"][t]["label_auc"], 1, 3) for t in windows]
       cells += [fmt.interval_text(s["attacks"][t]["input_dcor"], 1, 3) for t in windows]
+      cells += [fmt.interval_text(s["attacks"][end].get(k), 1, 2 if k == "recon_psnr" else 3)
+                for k in recon]
       lines.append(f"| {row.orientation} | {row.defence} | {row.strength:g} | {s['seeds']} | "
                    f"{fmt.interval_text(s['accuracy'], 100)} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -133,7 +148,7 @@ def _plot(summ: dict, profile: str, attack: str, out: pathlib.Path) -> pathlib.P
   lines = collections.defaultdict(list)
   for row in tradeoff.rows():
     s = mine.get(row.name)
-    score = None if s is None else s["attacks"][end][attack]
+    score = None if s is None else s["attacks"][end].get(attack)
     if s is None or s["accuracy"] is None or score is None:
       continue
     lines[(row.orientation, row.defence)].append((score, s["accuracy"], row.strength))
@@ -180,7 +195,7 @@ def write_report(results: pathlib.Path, document: pathlib.Path) -> None:
            THREAT_MODEL]
   lines += ["## Trade-off figures", ""]
   for profile in sorted({k[0] for k in summ}):
-    for attack in ATTACKS:
+    for attack in FIGURES:
       path = _plot(summ, profile, attack, figures)
       if path is not None:
         lines += [f"![{profile} {attack}]({path.relative_to(document.parent).as_posix()})",

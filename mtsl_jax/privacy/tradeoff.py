@@ -5,8 +5,10 @@ trains; at each of the profile's window steps (the start, the middle and the end
 training) `messages.record_window` records what the server received over a few steps,
 and `attacks.attack_all` scores it. One JSON line per (row, seed) in the records: the
 final test accuracy (utility) and, per window, the label-inference AUC and the
-input-dependence dCor (leakage). docs/privacy.md is generated from those lines
-(`privacy/report.py`).
+input-dependence dCor (leakage); at the end of training also the inverse-network
+reconstruction of client 0's inputs (`reconstruction.attack_client`: PSNR, SSIM and a
+fixed classifier's accuracy on the reconstructions, keys 'recon_*'). docs/privacy.md is
+generated from those lines (`privacy/report.py`).
 
 The rows: no defence; Gaussian noise on the smashed data; the NoPeek penalty; noise on
 the cut-layer gradients a client head sends up (label protection); and a deeper client
@@ -29,7 +31,7 @@ import numpy as np
 
 from mtsl_jax import config_base, data, seed_batch, train, validation
 from mtsl_jax.comparison import records, v2_runner
-from mtsl_jax.privacy import attacks, messages
+from mtsl_jax.privacy import attacks, messages, reconstruction
 
 # Strengths per defence, from weak to strong (each also runs at 0: the 'none' row).
 STRENGTHS = {
@@ -91,6 +93,7 @@ class Profile:
     seeds: the seeds of every row.
     rates: whether to use RATES (False: 0.1 on both sides, the embedded data's).
     reductions: how it departs from a full study.
+    attack_budget: the reconstruction attacker's training (client 0, end of training).
   """
   dataset: dict[str, Any]
   model: dict[str, Any]
@@ -101,6 +104,7 @@ class Profile:
   seeds: tuple[int, ...]
   rates: bool
   reductions: tuple[str, ...]
+  attack_budget: reconstruction.AttackBudget = reconstruction.AttackBudget()
 
 
 PROFILES = {
@@ -109,10 +113,11 @@ PROFILES = {
                    (0, 1, 2), True,
                    ("MNIST only (Fashion-MNIST and CIFAR-10 not yet)", "3 seeds",
                     "300 steps of 32 examples per client", "MTSL only: SplitFed and "
-                    "FedAvg (gradient inversion) rows not yet", "no reconstruction "
-                    "attack yet")),
+                    "FedAvg (gradient inversion) rows not yet", "reconstruction attack "
+                    "on client 0 at the end of training only")),
     "test": Profile({"source": "synthetic"}, {"name": "mlp", "hidden_sizes": (8, 8)}, 3, 20,
-                    (0, 20), 2, (0, 1), False, ("embedded synthetic data: a pipeline check",)),
+                    (0, 20), 2, (0, 1), False, ("embedded synthetic data: a pipeline check",),
+                    reconstruction.AttackBudget((16,), 20, (16,), 20, 16)),
 }
 
 
@@ -194,6 +199,11 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
       window, _ = messages.record_window(seed_config, states[s], federation,
                                          profile.window_steps)
       windows[s][str(t)] = attacks.attack_all(window)
+      if t == profile.windows[-1]:  # the costly attack: at the end of training only
+        recon = reconstruction.attack_client(seed_config, states[s], federation, window,
+                                             budget=profile.attack_budget) or {}
+        windows[s][str(t)].update({f"recon_{k}": recon.get(k) for k in
+                                   ("psnr", "ssim", "classifier_accuracy")})
   new = [{"profile": profile_name, "row": row.name, "orientation": row.orientation,
           "defence": row.defence, "strength": row.strength, "seed": s,
           "num_steps": profile.num_steps, "window_steps": profile.window_steps,
