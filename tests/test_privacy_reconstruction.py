@@ -1,10 +1,13 @@
-"""The inverse-network attack: near exact through an invertible bottom, chance through noise."""
+"""Reconstruction attacks with known answers: the inverse network (near exact through an
+invertible bottom, chance through noise) and gradient inversion of a FedSGD update."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtsl_jax.privacy import reconstruction
+from mtsl_jax import config_base
+from mtsl_jax.algorithms import local_training
+from mtsl_jax.privacy import gradient_inversion, image_metrics, reconstruction
 
 BUDGET = reconstruction.AttackBudget(decoder_hidden=(256,), decoder_steps=800,
                                      classifier_hidden=(64,), classifier_steps=300,
@@ -46,3 +49,34 @@ def test_heavily_noised_smashed_data_reconstruct_to_chance():
   out = _attack(100.0)
   assert out["ssim"] < 0.3
   assert abs(out["classifier_accuracy"] - 0.25) < 0.12  # 4 classes: chance is 0.25
+
+
+def _inverted(batch, noise_std):
+  config = config_base.base_config()
+  config.model.hidden_sizes = (32,)
+  model = local_training.make_full_model(config.model, 4)
+  params = local_training.init_model(model, jax.random.PRNGKey(0), (12, 12, 1))
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(batch, 12, 12, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 4, batch))
+  grads = gradient_inversion.client_gradient(model.apply, params, x, y, 4)
+  grads = jax.tree.map(lambda g: g + noise_std * jax.random.normal(jax.random.PRNGKey(2),
+                                                                   g.shape), grads)
+  guess, labels = gradient_inversion.invert(
+      model.apply, params, grads, (12, 12, 1), batch, 4,
+      gradient_inversion.InversionBudget(iterations=1000, learning_rate=0.05))
+  paired = gradient_inversion.pair_up(np.asarray(x), np.asarray(guess))
+  psnr = image_metrics.psnr(np.asarray(x, np.float64), paired, float(x.max() - x.min()))
+  return psnr, np.asarray(labels), np.asarray(y)
+
+
+def test_one_examples_gradient_gives_back_its_input_and_label():
+  psnr, labels, y = _inverted(1, 0.0)
+  assert psnr[0] > 60 and labels.tolist() == y.tolist()  # iDLG: the label is exact
+
+
+def test_a_small_batch_is_recovered_and_a_heavily_noised_gradient_is_not():
+  psnr, labels, y = _inverted(2, 0.0)
+  assert np.all(psnr > 25) and sorted(labels.tolist()) == sorted(y.tolist())
+  noisy, _, _ = _inverted(2, 1.0)
+  assert np.all(noisy < 10)

@@ -9,18 +9,23 @@ def test_every_row_builds_a_valid_config_in_every_profile():
   for profile in tradeoff.PROFILES.values():
     for row in tradeoff.rows():
       c = tradeoff.make_config(profile, row)
-      assert c.split.orientation == row.orientation
+      if row.orientation == "fedavg":
+        assert c.algorithm == "fedavg"
+      else:
+        assert c.algorithm == "mtsl" and c.split.orientation == row.orientation
       if row.defence not in ("none", "client_bottom_blocks"):
         assert c.privacy[row.defence] == row.strength > 0
-  # Each defence at 4 strengths where its message is sent, the deeper cut, and 3 baselines.
-  assert len(tradeoff.rows()) == 3 + 4 * 3 + 4 * 2 + 1 + 4
+  # Each defence at 4 strengths where its message is sent, the deeper cut, 3 undefended
+  # MTSL rows and FedAvg's.
+  assert len(tradeoff.rows()) == 3 + 4 * 3 + 4 * 2 + 1 + 4 + 1
 
 
 def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path,
                                                                         monkeypatch):
   chosen = [tradeoff.Row("u_shaped", "none", 0.0),
             tradeoff.Row("u_shaped", "cut_grad_noise_std", 0.03),
-            tradeoff.Row("bottom", "client_bottom_blocks", 2.0)]
+            tradeoff.Row("bottom", "client_bottom_blocks", 2.0),
+            tradeoff.Row("fedavg", "none", 0.0)]
   monkeypatch.setattr(tradeoff, "rows", lambda: chosen)
   results = tmp_path / "runs.jsonl"
   tradeoff.run_profile(results, tmp_path / "scratch", "test", verbose=False)
@@ -31,6 +36,10 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
     assert set(r["attacks"]) == {"0", "20"} and 0 <= r["accuracy"] <= 1
     assert r["where"]["backend"] == "cpu" and r["reductions"]
     end = r["attacks"]["20"]
+    if r["orientation"] == "fedavg":  # the update, inverted: no split messages
+      assert end["label_auc"] is None and end["input_dcor"] is None
+      assert end["recon_psnr"] is not None
+      continue
     if r["orientation"] == "bottom":
       assert end["label_auc"] == 1.0  # the labels travel with the smashed data
     assert 0 <= end["input_dcor"] <= 1

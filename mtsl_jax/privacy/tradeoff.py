@@ -13,7 +13,9 @@ generated from those lines (`privacy/report.py`).
 The rows: no defence; Gaussian noise on the smashed data; the NoPeek penalty; noise on
 the cut-layer gradients a client head sends up (label protection); and a deeper client
 bottom (two blocks, the cut itself as a defence). Each defence runs at four strengths in
-the orientations that send its message ('u_shaped', 'bottom', 'top'). The learning rates
+the orientations that send its message ('u_shaped', 'bottom', 'top'). FedAvg's row is the
+reference point: its final global model and one client's FedSGD update on a small batch,
+inverted (`gradient_inversion`). The learning rates
 are the server map's tuned points on MNIST (results/server_map/runs.jsonl, profile
 'cpu', MLP 784-100-100-10), the same for every defence, so a defence's cost in accuracy
 is measured at the undefended run's rates.
@@ -30,8 +32,9 @@ import ml_collections
 import numpy as np
 
 from mtsl_jax import config_base, data, seed_batch, train, validation
+from mtsl_jax.algorithms import local_training
 from mtsl_jax.comparison import records, v2_runner
-from mtsl_jax.privacy import attacks, messages, reconstruction
+from mtsl_jax.privacy import attacks, gradient_inversion, messages, reconstruction
 
 # Strengths per defence, from weak to strong (each also runs at 0: the 'none' row).
 STRENGTHS = {
@@ -45,12 +48,15 @@ DEFENCES_OF = {
     "u_shaped": ("smashed_noise_std", "nopeek_weight", "cut_grad_noise_std"),
     "bottom": ("smashed_noise_std", "nopeek_weight", "client_bottom_blocks"),
     "top": ("cut_grad_noise_std",),
+    "fedavg": (),   # the reference point: FedAvg's update, inverted (gradient_inversion)
 }
 CUTS = {"u_shaped": (1, 1), "bottom": (1, 0), "top": (0, 1)}
 # (server, client) rates: the server map's tuned MNIST points (mtsl_u_shaped,
-# mtsl_bottom, mtsl_head) at 400 examples x 10 clients.
+# mtsl_bottom, mtsl_head, fedavg) at 400 examples x 10 clients.
 RATES = {"u_shaped": (0.0316228, 0.316228), "bottom": (0.0316228, 1.0),
-         "top": (0.316228, 1.0)}
+         "top": (0.316228, 1.0), "fedavg": (1.0, 0.316228)}
+FEDAVG_LOCAL_STEPS = 5
+INVERTED_BATCH = 4   # the FedSGD update the server inverts: 4 of client 0's examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +100,7 @@ class Profile:
     rates: whether to use RATES (False: 0.1 on both sides, the embedded data's).
     reductions: how it departs from a full study.
     attack_budget: the reconstruction attacker's training (client 0, end of training).
+    inversion_budget: the gradient-inversion attacker's optimization (FedAvg's row).
   """
   dataset: dict[str, Any]
   model: dict[str, Any]
@@ -105,6 +112,7 @@ class Profile:
   rates: bool
   reductions: tuple[str, ...]
   attack_budget: reconstruction.AttackBudget = reconstruction.AttackBudget()
+  inversion_budget: gradient_inversion.InversionBudget = gradient_inversion.InversionBudget()
 
 
 PROFILES = {
@@ -117,7 +125,8 @@ PROFILES = {
                     "on client 0 at the end of training only")),
     "test": Profile({"source": "synthetic"}, {"name": "mlp", "hidden_sizes": (8, 8)}, 3, 20,
                     (0, 20), 2, (0, 1), False, ("embedded synthetic data: a pipeline check",),
-                    reconstruction.AttackBudget((16,), 20, (16,), 20, 16)),
+                    reconstruction.AttackBudget((16,), 20, (16,), 20, 16),
+                    gradient_inversion.InversionBudget(iterations=50)),
 }
 
 
@@ -139,8 +148,12 @@ def make_config(profile: Profile, row: Row, tfds_data_dir: str = "",
   c.data.num_clients = profile.clients
   c.data.tfds_data_dir = tfds_data_dir
   c.model.update(profile.model)
-  c.split.orientation = row.orientation
-  c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS[row.orientation]
+  if row.orientation == "fedavg":
+    c.algorithm = "fedavg"
+    c.fl.local_steps = FEDAVG_LOCAL_STEPS
+  else:
+    c.split.orientation = row.orientation
+    c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS[row.orientation]
   if row.defence == "client_bottom_blocks":
     c.split.client_bottom_blocks = int(row.strength)
   elif row.defence != "none":
@@ -196,6 +209,10 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
     for s in seeds:
       seed_config = seed_batch.seed_configs(config, [s])[0]
       federation = data.build_federation(seed_config.data, s)
+      if row.orientation == "fedavg":  # no split messages: the update, at the end
+        windows[s][str(t)] = _fedavg_attack(seed_config, states[s], federation, profile,
+                                            t == profile.windows[-1])
+        continue
       window, _ = messages.record_window(seed_config, states[s], federation,
                                          profile.window_steps)
       windows[s][str(t)] = attacks.attack_all(window)
@@ -218,6 +235,34 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
           + str(new[0]["attacks"][str(profile.windows[-1])])
           + f" ({time.perf_counter() - start:.0f} s)", flush=True)
   return new
+
+
+def _fedavg_attack(config, state, federation, profile: Profile, end: bool) -> dict:
+  """FedAvg's row: gradient inversion of client 0's FedSGD update at the global model.
+
+  The server inverts the gradient of INVERTED_BATCH of client 0's training examples at
+  the model it sent (`gradient_inversion`); scored like the reconstruction attack, with
+  the same fixed classifier trained on the other clients' test examples.
+  """
+  out = {"label_auc": None, "input_dcor": None}
+  if not end:
+    return out
+  model = local_training.make_full_model(config.model, int(federation.num_classes.max()))
+  params = state.server.params
+  x = jax.numpy.asarray(federation.train_x[0][:INVERTED_BATCH])
+  y = jax.numpy.asarray(federation.train_y[0][:INVERTED_BATCH])
+  k = int(federation.num_classes[0])
+  target = gradient_inversion.client_gradient(model.apply, params, x, y, k)
+  guess, _ = gradient_inversion.invert(model.apply, params, target, tuple(x.shape[1:]),
+                                       INVERTED_BATCH, k, profile.inversion_budget)
+  others = range(1, len(federation.test_x))
+  classify = reconstruction.fit_classifier(
+      jax.numpy.asarray(np.concatenate([federation.test_x[m] for m in others])),
+      jax.numpy.asarray(np.concatenate([federation.test_y[m] for m in others])), k,
+      jax.random.PRNGKey(0), profile.attack_budget)
+  scores = reconstruction.score(np.asarray(x), gradient_inversion.pair_up(x, guess),
+                                np.asarray(y), classify)
+  return dict(out, **{f"recon_{name}": value for name, value in scores.items()})
 
 
 def _initial_state(config, seed):
