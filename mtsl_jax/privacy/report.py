@@ -165,7 +165,7 @@ def _plot(summ: dict, profile: str, attack: str, out: pathlib.Path) -> pathlib.P
                   xerr=[p[0].half_width if p[0].n > 1 else 0 for p in points],
                   yerr=[100 * p[1].half_width if p[1].n > 1 else 0 for p in points],
                   marker="o", ms=4, capsize=2, label=f"{orientation}: {defence}")
-  for (orientation, defence), points in lines.items():
+  for (orientation, _), points in lines.items():
     if not tradeoff.DEFENCES_OF.get(orientation):  # a reference without defences: a point
       score, accuracy, _ = points[0]
       ax.plot([score.mean], [100 * accuracy.mean], marker="*", ms=12, ls="none",
