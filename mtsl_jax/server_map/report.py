@@ -128,9 +128,12 @@ def _mechanism(ablations: dict) -> list[str]:
 # ---- heatmaps ------------------------------------------------------------------------------
 
 
-def _plot_differences(map_key: tuple, comparison: str, diffs: dict, regimes: list,
+def _plot_differences(map_key: tuple, comparison: str, diffs: dict, regimes: dict,
                       out: pathlib.Path) -> pathlib.Path | None:
-  """One panel per cut: MTSL minus the comparison, points; ▲ significant win, ▼ loss."""
+  """One panel per cut: MTSL minus the comparison, points; ▲ significant win, ▼ loss.
+
+  An 'all' cell also shows the mean train examples per client it held (n).
+  """
   rows = [(m, diffs[(*map_key, m, comparison)]) for m in analysis.MTSL_ROWS
           if (*map_key, m, comparison) in diffs]
   if not rows:
@@ -148,8 +151,11 @@ def _plot_differences(map_key: tuple, comparison: str, diffs: dict, regimes: lis
         continue
       i, j = clients.index(m), examples.index(e)
       matrix[i, j] = 100 * c["mean"]
-      ax.text(j, i, f"{100 * c['mean']:+.1f}{_MARK[c['verdict']]}", ha="center",
-              va="center", fontsize=7)
+      text = f"{100 * c['mean']:+.1f}{_MARK[c['verdict']]}"
+      held = analysis.mean_train_examples(regimes[(e, m)]) if e == 0 else None
+      if held is not None:
+        text += f"\nn={held:.0f}"
+      ax.text(j, i, text, ha="center", va="center", fontsize=7)
     image = ax.imshow(matrix, origin="lower", aspect="auto", cmap="RdBu", vmin=-bound,
                       vmax=bound)
     ax.set_xticks(range(len(examples)), [_examples_label(e) for e in examples], fontsize=7)
@@ -175,7 +181,7 @@ def _heatmaps(maps: dict, diffs: dict, figures: pathlib.Path, doc_dir: pathlib.P
            "below.", ""]
   for map_key in sorted(maps):
     for comparison in analysis.VERSUS:
-      path = _plot_differences(map_key, comparison, diffs, list(maps[map_key]), figures)
+      path = _plot_differences(map_key, comparison, diffs, maps[map_key], figures)
       if path is not None:
         lines += [f"![{_map_label(map_key)}: MTSL minus {comparison}]"
                   f"({path.relative_to(doc_dir).as_posix()})", ""]
