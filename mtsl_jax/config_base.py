@@ -153,7 +153,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.privacy.nopeek_weight = 0.0
   # Label protection ('u_shaped', 'top'): each example's cut-layer gradient a client
   # head sends up is clipped to this L2 norm (0: no clipping), then Gaussian noise of
-  # this std is added to every element.
+  # this std is added to every element. The gradient is that of the batch-mean loss, so
+  # an example's is about 1/batch_size of its own loss gradient: scale both with it.
   c.privacy.cut_grad_clip = 0.0
   c.privacy.cut_grad_noise_std = 0.0
 

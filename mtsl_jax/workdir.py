@@ -41,6 +41,12 @@ def check_workdir(path: str | pathlib.Path) -> pathlib.Path:
   if str(path).strip() == "":
     raise WorkdirError("--workdir: must name a directory, got an empty string")
   workdir = pathlib.Path(path).absolute()
+  # The checkpoint store (orbax over tensorstore) writes under a path with brackets but
+  # cannot open it again: the run would save checkpoints it could never resume from, and
+  # the restore error would blame the checkpoint. Refuse before anything is written.
+  if any(c in str(workdir) for c in "[]"):
+    raise WorkdirError(f"--workdir {workdir}: contains '[' or ']', which the checkpoint "
+                       "store cannot read back; choose a path without brackets")
   for parent in [workdir, *workdir.parents]:
     if parent.exists() and not parent.is_dir():
       where = "is" if parent == workdir else f"lies under {parent}, which is"

@@ -427,6 +427,8 @@ def test_a_checkpoints_path_that_is_a_file_is_refused_before_anything_runs(tmp_p
     (lambda p: (p / "f").write_text("x") and p / "f" / "sub" / "dir", "lies under"),
     (lambda p: "/proc/mtsl_jax_test_workdir", "cannot create it"),
     (lambda p: "/sys/kernel", "not writable|lock"),
+    # Checkpoints under a bracketed path are written but cannot be restored (tensorstore).
+    (lambda p: p / "seeds=[0, 1]", "brackets"),
 ])
 def test_unusable_workdirs_are_refused_in_one_line(tmp_path, make, message):
   with pytest.raises(workdir.WorkdirError, match=message) as e:

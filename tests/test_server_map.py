@@ -134,6 +134,18 @@ def test_differences_pick_the_stronger_baseline_and_give_paired_verdicts():
   assert analysis.tally(best) == {"holds": 1, "not significant": 0, "fails": 1}
 
 
+def test_a_cell_keeps_only_runs_at_its_methods_tuned_point():
+  recs = _hand_made()
+  # Tuning chose (0.1, 0.1) for mtsl_head; a stale run of seed 0 at another point is left
+  # out, even though it was written last.
+  recs.append(dict(_record("mtsl_head", 0, 0.99), server_lr=0.3, client_lr=0.3))
+  recs += [dict(_record("mtsl_head", 0, acc), phase="tune", server_lr=lr, client_lr=lr)
+           for lr, acc in ((0.1, 0.9), (0.3, 0.5))]
+  cell = analysis.cells(recs)[("cpu", "mnist", "dirichlet_0.3", 25, 10, "mtsl_head")]
+  assert [(r["seed"], r["final"]["accuracy_mean"]) for r in cell] == [
+      (0, 0.85), (1, pytest.approx(0.87)), (2, pytest.approx(0.83))]
+
+
 def test_ablations_are_paired_with_their_mtsl_row_at_the_same_cell():
   abl = analysis.ablations(analysis.summaries(_hand_made()))
   frozen = abl[("cpu", "mnist", "dirichlet_0.3", 25, 10, "mtsl_head")]["frozen_server"]
@@ -154,6 +166,7 @@ def test_the_document_states_the_answer_the_records_give(tmp_path):
          "10 clients" in text
   assert "server part frozen at its initialisation (random features): 1 cells " \
          "significantly worse" in text
+  assert "the learned shared server part carries accuracy" in text
   assert (document.parent / "figures" / "server_map").is_dir()
   report.write_report(results, document)
   assert document.read_text() == text  # regenerated identically

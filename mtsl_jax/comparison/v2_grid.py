@@ -266,7 +266,8 @@ def loop_schedule(method: str, per: int, client_steps: int, evals: int) -> tuple
     method: the method's name (for the error).
     per: client steps per loop step.
     client_steps: the budget in client steps per client.
-    evals: evaluations over the budget (at most).
+    evals: evaluations over the budget: at most evals where the loop has at least
+      2 x evals steps; with fewer steps, one evaluation per step (up to 2 x evals - 1).
 
   Raises:
     validation.ConfigError: a budget below one loop step.

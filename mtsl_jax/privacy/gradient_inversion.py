@@ -17,6 +17,7 @@ with the labels read off the gradient as in iDLG (Zhao, Mopuri & Bilen, 2020).
 """
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +50,16 @@ def client_gradient(apply, params, x: jax.Array, y: jax.Array, num_classes: int)
 
 
 def _head_bias_gradient(grads) -> jax.Array:
-  """The last bias leaf of the gradient pytree: the head's (flax orders leaves by path)."""
-  leaves = jax.tree_util.tree_leaves_with_path(grads)
-  biases = [leaf for path, leaf in leaves if "bias" in jax.tree_util.keystr(path)]
-  return biases[-1]
+  """The bias gradient of the model's last block (its head).
+
+  Blocks are named blocks_0, blocks_1, ...; leaves come in string order of their paths
+  (blocks_10 before blocks_2), so the head is found by the block numbers themselves.
+  """
+  def numbers(path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", jax.tree_util.keystr(path)))
+  biases = [(numbers(path), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(grads)
+            if "bias" in jax.tree_util.keystr(path)]
+  return max(biases, key=lambda item: item[0])[1]
 
 
 def invert(apply, params, target_grads, input_shape: tuple[int, ...], batch_size: int,

@@ -190,12 +190,24 @@ def attack_client(config, state, federation: data.Federation, window: messages.W
   bottom_params = jax.tree.map(lambda p: p[client],
                                split_model.client_parts(state.clients.params)[0])
   bottom = jax.jit(lambda x: split_model.bottom.apply(bottom_params, x))
-  others = [m for m in range(len(federation.test_x)) if m != client]
-  aux_x = jnp.asarray(np.concatenate([federation.test_x[m] for m in others]))
-  aux_y = jnp.asarray(np.concatenate([federation.test_y[m] for m in others]))
-  classifier_key, decoder_key = jax.random.split(jax.random.PRNGKey(seed))
-  classify = fit_classifier(aux_x, aux_y, int(federation.num_classes[client]),
-                            classifier_key, budget)
-  decode = fit_decoder(bottom, aux_x, decoder_key, budget)
+  aux_x, _ = auxiliary_data(federation, client)
+  classify = fixed_classifier(federation, client, budget, seed)
+  decode = fit_decoder(bottom, aux_x, jax.random.fold_in(jax.random.PRNGKey(seed), 1), budget)
   return score(window.x[client], np.asarray(decode(jnp.asarray(received[client]))),
                window.y[client], classify)
+
+
+def auxiliary_data(federation: data.Federation, client: int) -> tuple[jax.Array, jax.Array]:
+  """The attacker's auxiliary data against `client`: every other client's test examples."""
+  others = [m for m in range(len(federation.test_x)) if m != client]
+  return (jnp.asarray(np.concatenate([federation.test_x[m] for m in others])),
+          jnp.asarray(np.concatenate([federation.test_y[m] for m in others])))
+
+
+def fixed_classifier(federation: data.Federation, client: int,
+                     budget: AttackBudget = AttackBudget(), seed: int = 0):
+  """The fixed classifier scoring reconstructions of `client`'s inputs (`fit_classifier`
+  on `auxiliary_data`, key fold_in(seed, 0)); every attack on a client uses this one."""
+  aux_x, aux_y = auxiliary_data(federation, client)
+  return fit_classifier(aux_x, aux_y, int(federation.num_classes[client]),
+                        jax.random.fold_in(jax.random.PRNGKey(seed), 0), budget)

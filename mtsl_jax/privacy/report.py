@@ -47,7 +47,8 @@ it receives, per orientation (the ledger's messages, `split_gradients.protocol_g
 It holds the server part G and may hold auxiliary public data from the same or a related
 distribution; it knows one labelled example per class of each client for the
 label-inference attack (Li et al., ICLR 2022). Under FedAvg the same server sees every
-client's model update (a gradient-inversion reference, not yet implemented).
+client's model update; with one local step (FedSGD) that is one gradient of the client's
+minibatch loss, which the reference row inverts.
 
 ## Defences (`config.privacy`, MTSL; `mtsl_jax/cut_defences.py`)
 
@@ -67,18 +68,23 @@ implementations, and is the undefended step at strength 0 (tests/test_cut_defenc
   one-vs-rest with one known example per class; the AUC per client, averaged.
 - Input dependence (`distance_correlation.py`): dCor between each client's inputs and the
   smashed data it sent, a cheap leakage statistic (1: a similarity map of the inputs).
-- Both read the messages of real training runs: `messages.record_window` continues a run
-  for a few steps from its state at the start, the middle and the end of training and
-  keeps what the server received (tests/test_privacy_messages.py checks it is the run's
-  own training).
+- Both read the messages of real training runs: `messages.record_window` runs a few of
+  the run's own steps (a window) at the start, the middle and the end of training (the
+  last window is the run's last steps) and keeps what the server received
+  (tests/test_privacy_messages.py checks that the window is the run's own training). A
+  column '@t' is the window of steps t to t + W - 1.
 - Input reconstruction (`reconstruction.py`): the inverse network of He et al. (2019).
   The server queries client 0's bottom on its auxiliary data (the other clients' test
   examples), trains a decoder from smashed data back to inputs, and applies it to the
   smashed data it received at the end of training; PSNR and SSIM of the reconstructions
   (`image_metrics.py`) and the accuracy of a fixed classifier (trained on the auxiliary
   data) on them.
-- Not yet: gradient inversion on a FedAvg update, SplitFed rows, Fashion-MNIST and
-  CIFAR-10.
+- Gradient inversion (`gradient_inversion.py`), FedAvg's reference row: DLG (Zhu et al.
+  2019) with the labels read off the gradient (iDLG, Zhao et al. 2020), on client 0's
+  FedSGD update of 4 training examples at the final global model, scored as the
+  reconstructions are. FedAvg trains with one local step (FedSGD), so the attacked
+  update is exactly what it sends, for the same client steps as the MTSL rows.
+- Not yet: SplitFed rows, Fashion-MNIST and CIFAR-10.
 """
 
 

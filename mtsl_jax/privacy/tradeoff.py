@@ -22,7 +22,7 @@ is measured at the undefended run's rates.
 """
 
 import dataclasses
-import math
+import json
 import pathlib
 import time
 from typing import Any
@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mtsl_jax import config_base, data, seed_batch, train, validation
+from mtsl_jax import config_base, data, evaluation, seed_batch, train, validation
 from mtsl_jax.algorithms import local_training
 from mtsl_jax.comparison import records, v2_runner
 from mtsl_jax.privacy import attacks, gradient_inversion, messages, reconstruction
@@ -55,7 +55,9 @@ CUTS = {"u_shaped": (1, 1), "bottom": (1, 0), "top": (0, 1)}
 # mtsl_bottom, mtsl_head, fedavg) at 400 examples x 10 clients.
 RATES = {"u_shaped": (0.0316228, 0.316228), "bottom": (0.0316228, 1.0),
          "top": (0.316228, 1.0), "fedavg": (1.0, 0.316228)}
-FEDAVG_LOCAL_STEPS = 5
+# FedSGD (K = 1): the update the server sees is one gradient step, which the attack
+# inverts exactly as sent, and the row's budget in client steps is the MTSL rows'.
+FEDAVG_LOCAL_STEPS = 1
 INVERTED_BATCH = 4   # the FedSGD update the server inverts: 4 of client 0's examples
 
 
@@ -93,8 +95,8 @@ class Profile:
     model: model.* overrides.
     clients: number of clients.
     num_steps: training steps (batch 32 per client).
-    windows: the steps at which messages are recorded (each followed by window_steps),
-      increasing, the last the end of training (num_steps).
+    windows: the steps at which recorded windows start, increasing; the last window ends
+      training (its start + window_steps = num_steps).
     window_steps: W, steps per recorded window.
     seeds: the seeds of every row.
     rates: whether to use RATES (False: 0.1 on both sides, the embedded data's).
@@ -117,14 +119,14 @@ class Profile:
 
 PROFILES = {
     "cpu": Profile({"source": "tfds", "name": "mnist", "partition": "iid"},
-                   {"name": "mlp", "hidden_sizes": (100, 100)}, 10, 300, (0, 150, 300), 8,
+                   {"name": "mlp", "hidden_sizes": (100, 100)}, 10, 300, (0, 150, 292), 8,
                    (0, 1, 2), True,
                    ("MNIST only (Fashion-MNIST and CIFAR-10 not yet)", "3 seeds",
                     "300 steps of 32 examples per client", "MTSL only: SplitFed and "
                     "FedAvg (gradient inversion) rows not yet", "reconstruction attack "
                     "on client 0 at the end of training only")),
     "test": Profile({"source": "synthetic"}, {"name": "mlp", "hidden_sizes": (8, 8)}, 3, 20,
-                    (0, 20), 2, (0, 1), False, ("embedded synthetic data: a pipeline check",),
+                    (0, 18), 2, (0, 1), False, ("embedded synthetic data: a pipeline check",),
                     reconstruction.AttackBudget((16,), 20, (16,), 20, 16),
                     gradient_inversion.InversionBudget(iterations=50)),
 }
@@ -163,9 +165,7 @@ def make_config(profile: Profile, row: Row, tfds_data_dir: str = "",
   c.client_optimizer.learning_rate = client_lr
   c.batch_size = 32 if profile.rates else 4
   c.num_steps = num_steps or profile.num_steps
-  # One interval for every segment (a resumed run keeps its loop intervals): each window
-  # step is a multiple of it, so every segment ends on an evaluation and a checkpoint.
-  c.log_every = c.eval_every = c.checkpoint_every = math.gcd(*profile.windows)
+  c.log_every = c.eval_every = c.checkpoint_every = c.num_steps  # one segment, one eval
   c.progress_bar = False
   validation.validate_config(c)
   return c
@@ -173,71 +173,113 @@ def make_config(profile: Profile, row: Row, tfds_data_dir: str = "",
 
 def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row: Row,
             tfds_data_dir: str = "", verbose: bool = True) -> list[dict]:
-  """Trains one row's unrecorded seeds (vmapped), records windows, appends the records.
+  """Trains one row's unrecorded seeds (vmapped), attacks each window, appends the records.
 
-  Training runs in segments ending at each window step; the segment's final state is
-  where the window is recorded, and the next segment resumes from its checkpoint (the
-  recording never changes the training).
+  Training runs forward in segments, each ending where a window starts; the window
+  continues the run for `window_steps` steps with its own step (`record_window`), so the
+  last window holds the run's real last steps and ends at num_steps, where the accuracy
+  is measured. Each window's scores are kept in the row's scratch directory as soon as
+  they exist, so an interrupted row resumes at its first unscored window (an earlier
+  segment is never trained again). FedAvg's row trains to num_steps and is attacked
+  there.
 
   Returns:
     The new records.
   """
   profile = PROFILES[profile_name]
-  if profile.windows[-1] != profile.num_steps:
-    raise ValueError(f"profile {profile_name!r}: the last window must be the end of "
-                     f"training ({profile.num_steps}), got {profile.windows}")
+  check_profile(profile_name)
   out = records.ResultsFile(results)
   done = {(r["row"], r["seed"]) for r in out.load() if r["profile"] == profile_name}
   seeds = [s for s in profile.seeds if (row.name, s) not in done]
   if not seeds:
     return []
   start = time.perf_counter()
-  cell = scratch / profile_name / row.name.replace("/", "_")
-  workdirs = [cell / f"seed={s}" for s in seeds]
-  windows = {s: {} for s in seeds}
-  accuracy = {}
+  cell = (scratch / profile_name / row.name.replace("/", "_")
+          / f"seeds={','.join(map(str, seeds))}")
+  partial_path = cell / "windows.json"
+  partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
+  fedavg = row.orientation == "fedavg"
+  last = profile.windows[-1]
   for t in profile.windows:
-    config = make_config(profile, row, tfds_data_dir, num_steps=max(t, 1))
-    if t == 0:  # before training: the initial state
+    if str(t) in partial:
+      continue
+    if fedavg and t != last:  # no split messages: FedAvg is attacked at the end only
+      partial[str(t)] = {str(s): {"label_auc": None, "input_dcor": None} for s in seeds}
+      continue
+    until = profile.num_steps if fedavg else t
+    config = make_config(profile, row, tfds_data_dir, num_steps=max(until, 1))
+    accuracy = {}
+    if until == 0:  # before training: the initial state
       states = {s: _initial_state(config, s) for s in seeds}
     else:
-      results_ = seed_batch.train_seeds(config, seeds, workdirs, allow_single=True,
-                                        group_dir=cell / "group")
-      states = {s: r.state for s, r in zip(seeds, results_)}
-      accuracy = {s: float(r.eval_metrics.get("test/accuracy_mean", np.nan))
-                  for s, r in zip(seeds, results_)}
+      trained = seed_batch.train_seeds(config, seeds, [cell / f"to={until}" / f"seed={s}"
+                                                       for s in seeds],
+                                       allow_single=True, group_dir=cell / f"to={until}")
+      states = {s: r.state for s, r in zip(seeds, trained)}
+      accuracy = {s: r.eval_metrics.get("test/accuracy_mean") for s, r in zip(seeds, trained)}
+    scores = {}
     for s in seeds:
       seed_config = seed_batch.seed_configs(config, [s])[0]
       federation = data.build_federation(seed_config.data, s)
-      if row.orientation == "fedavg":  # no split messages: the update, at the end
-        windows[s][str(t)] = _fedavg_attack(seed_config, states[s], federation, profile,
-                                            t == profile.windows[-1])
+      if fedavg:
+        scores[str(s)] = dict(_fedavg_attack(seed_config, states[s], federation, profile),
+                              accuracy=accuracy[s])
         continue
-      window, _ = messages.record_window(seed_config, states[s], federation,
-                                         profile.window_steps)
-      windows[s][str(t)] = attacks.attack_all(window)
-      if t == profile.windows[-1]:  # the costly attack: at the end of training only
+      window, after = messages.record_window(seed_config, states[s], federation,
+                                             profile.window_steps)
+      scores[str(s)] = attacks.attack_all(window)
+      if t == last:  # the end of training: the accuracy, and the costly attack
+        scores[str(s)]["accuracy"] = _accuracy(seed_config, after, federation)
         recon = reconstruction.attack_client(seed_config, states[s], federation, window,
                                              budget=profile.attack_budget) or {}
-        windows[s][str(t)].update({f"recon_{k}": recon.get(k) for k in
-                                   ("psnr", "ssim", "classifier_accuracy")})
-  new = [{"profile": profile_name, "row": row.name, "orientation": row.orientation,
-          "defence": row.defence, "strength": row.strength, "seed": s,
-          "num_steps": profile.num_steps, "window_steps": profile.window_steps,
-          "accuracy": accuracy.get(s), "attacks": windows[s],
-          "reductions": list(profile.reductions),
-          "where": v2_runner.where_computed(len(seeds))}
-         for s in seeds]
+        scores[str(s)].update({f"recon_{k}": recon.get(k) for k in
+                               ("psnr", "ssim", "classifier_accuracy")})
+    partial[str(t)] = scores
+    cell.mkdir(parents=True, exist_ok=True)
+    partial_path.write_text(json.dumps(partial))
+  new = []
+  for s in seeds:
+    windows = {t: dict(partial[t][str(s)]) for t in map(str, profile.windows)}
+    accuracy = windows[str(last)].pop("accuracy")
+    new.append({"profile": profile_name, "row": row.name, "orientation": row.orientation,
+                "defence": row.defence, "strength": row.strength, "seed": s,
+                "num_steps": profile.num_steps, "window_steps": profile.window_steps,
+                "accuracy": accuracy, "attacks": windows,
+                "reductions": list(profile.reductions),
+                "where": v2_runner.where_computed(len(seeds))})
   out.append(new)
   if verbose:
     print(f"[privacy] {row.name} seeds={seeds}: acc "
           + " ".join(f"{r['accuracy']:.3f}" for r in new) + " | end "
-          + str(new[0]["attacks"][str(profile.windows[-1])])
+          + str(new[0]["attacks"][str(last)])
           + f" ({time.perf_counter() - start:.0f} s)", flush=True)
   return new
 
 
-def _fedavg_attack(config, state, federation, profile: Profile, end: bool) -> dict:
+def check_profile(profile_name: str) -> None:
+  """Refuses a profile whose windows do not end training (ValueError, one line)."""
+  profile = PROFILES[profile_name]
+  ends = profile.windows[-1] + profile.window_steps
+  if list(profile.windows) != sorted(set(profile.windows)) or ends != profile.num_steps:
+    raise ValueError(f"profile {profile_name!r}: windows must increase and the last must "
+                     f"end training (last + window_steps = {profile.num_steps}); got "
+                     f"{profile.windows} + {profile.window_steps}")
+
+
+def _accuracy(config, state, federation: data.Federation) -> float:
+  """The mean per-task test accuracy of a state (as the training loop evaluates it)."""
+  key = (config.data.to_json(sort_keys=True), config.seed)
+  _, algorithm = train.prepare_run(config, {key: federation})
+  _, test = data.to_host(federation)
+  chunk = min(config.eval_batch_size, int(test.x.shape[1]))
+  x, y = evaluation.pad_examples(test.x, test.y, chunk)
+  evaluate = evaluation.make_evaluate(algorithm.logits,
+                                      jax.numpy.asarray(algorithm.num_classes_M), chunk)
+  raw = jax.device_get(evaluate(state, x, y, test.counts))
+  return evaluation.summarize(raw, federation.test_counts)["test/accuracy_mean"]
+
+
+def _fedavg_attack(config, state, federation, profile: Profile) -> dict:
   """FedAvg's row: gradient inversion of client 0's FedSGD update at the global model.
 
   The server inverts the gradient of INVERTED_BATCH of client 0's training examples at
@@ -245,8 +287,6 @@ def _fedavg_attack(config, state, federation, profile: Profile, end: bool) -> di
   the same fixed classifier trained on the other clients' test examples.
   """
   out = {"label_auc": None, "input_dcor": None}
-  if not end:
-    return out
   model = local_training.make_full_model(config.model, int(federation.num_classes.max()))
   params = state.server.params
   x = jax.numpy.asarray(federation.train_x[0][:INVERTED_BATCH])
@@ -255,11 +295,7 @@ def _fedavg_attack(config, state, federation, profile: Profile, end: bool) -> di
   target = gradient_inversion.client_gradient(model.apply, params, x, y, k)
   guess, _ = gradient_inversion.invert(model.apply, params, target, tuple(x.shape[1:]),
                                        INVERTED_BATCH, k, profile.inversion_budget)
-  others = range(1, len(federation.test_x))
-  classify = reconstruction.fit_classifier(
-      jax.numpy.asarray(np.concatenate([federation.test_x[m] for m in others])),
-      jax.numpy.asarray(np.concatenate([federation.test_y[m] for m in others])), k,
-      jax.random.PRNGKey(0), profile.attack_budget)
+  classify = reconstruction.fixed_classifier(federation, 0, profile.attack_budget)
   scores = reconstruction.score(np.asarray(x), gradient_inversion.pair_up(x, guess),
                                 np.asarray(y), classify)
   return dict(out, **{f"recon_{name}": value for name, value in scores.items()})

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from mtsl_jax import config_base, cut_costs
-from mtsl_jax.comparison import v2_analysis, v2_records
+from mtsl_jax.comparison import v2_analysis
 from mtsl_jax.server_map import grid, runner
 
 MTSL_ROWS = tuple(f"mtsl_{name}" for name in grid.CUTS)
@@ -41,11 +41,22 @@ def cells(recs: Sequence[dict]) -> dict[tuple, list[dict]]:
     recs: run records of any phase, in file order.
 
   Returns:
-    The map and ablation cells; of a seed, the record written last wins.
+    The map and ablation cells. A cell holds only runs at its method's tuned point (as
+    the tuning records now choose it; every run when the method has no tuning records),
+    so a re-tuned method never mixes seeds trained at two rates; of a seed, the record
+    written last wins.
   """
+  points = {}
   per_seed = {}
-  for r in v2_records.select(recs, runner.KEY_FIELDS):
+  for r in recs:  # file order, so the last record of a seed wins
     if r["phase"] not in ("map", "ablations"):
+      continue
+    method = (r["profile"], r["dataset"], grid.base_method(r["method"]))
+    if method not in points:
+      points[method] = runner.tuned_point(recs, *method)
+    point = points[method]
+    if point is not None and (r["server_lr"], r["client_lr"]) != (point["server_lr"],
+                                                                   point["client_lr"]):
       continue
     per_seed[(r["profile"], r["dataset"], r["setting"], r["examples"], r["clients"],
               r["method"], r["seed"])] = r

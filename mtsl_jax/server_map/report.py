@@ -22,7 +22,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 # pylint: disable=wrong-import-position
 from mtsl_jax.comparison import records, v2_analysis, v2_report
 from mtsl_jax.comparison import report_format as fmt
-from mtsl_jax.server_map import analysis, grid
+from mtsl_jax.server_map import analysis, grid, runner
 # pylint: enable=wrong-import-position
 
 REGENERATE = "python launch/server_map.py --phases=report"
@@ -78,11 +78,12 @@ def _answer(maps: dict, diffs: dict, ablations: dict) -> list[str]:
                    + " | ".join(f"{c['holds']} / {c['not significant']} / {c['fails']}"
                                 for c in counts) + f" | {cells_text} |")
       n_cells = len(pair[0])
-      if n_cells and counts[0]["holds"] == 0:
+      testable = sum(1 for c in pair[0].values() if c["n"] >= 2)
+      if testable and counts[0]["holds"] == 0:
         verdict_lines.append(
             f"- {_map_label(map_key)}, {mtsl}: **it does not help** against the better of "
-            f"local-only and FedAvg in any of the {n_cells} cells ({counts[0]['fails']} "
-            "significantly worse).")
+            f"local-only and FedAvg in any of the {testable} cells with two or more seeds "
+            f"({counts[0]['fails']} significantly worse).")
       elif n_cells:
         wins = sorted((r for r in pair[0] if pair[0][r]["verdict"] == "holds"),
                       key=lambda r: (r[1], r[0] == 0, r[0]))
@@ -95,11 +96,32 @@ def _answer(maps: dict, diffs: dict, ablations: dict) -> list[str]:
   return lines
 
 
+# What each ablation's verdicts mean (ablated MTSL minus MTSL): 'fails' (the ablated row
+# is significantly worse), 'holds' (better), otherwise no measurable effect.
+_READINGS = {
+    "frozen_server": ("the learned shared server part carries accuracy: random server "
+                      "features do worse",
+                      "random server features do better than the learned ones",
+                      "random server features do as well: the learned server part adds "
+                      "nothing measurable here"),
+    "common_init": ("starting every client from one initialisation costs accuracy",
+                    "one common initialisation helps",
+                    "no measurable effect of starting every client from one "
+                    "initialisation"),
+    "data_size_weights": ("weighting tasks by data size costs accuracy",
+                          "weighting tasks by data size helps",
+                          "no measurable effect of weighting tasks by data size"),
+    "data_size_rates": ("scaling client rates by data size costs accuracy",
+                        "scaling client rates by data size helps",
+                        "no measurable effect of scaling client rates by data size"),
+}
+
+
 def _mechanism(ablations: dict) -> list[str]:
   if not ablations:
     return ["The ablations are not recorded yet: the mechanism is open.", ""]
   lines = ["What the ablations support (each ablated row minus its MTSL row, over every "
-           "ablation cell; a significant loss means the ablated ingredient matters):", ""]
+           "ablation cell):", ""]
   for ablation, (_, what) in grid.ABLATIONS.items():
     found = [c[ablation] for c in ablations.values() if ablation in c]
     if not found:
@@ -109,14 +131,15 @@ def _mechanism(ablations: dict) -> list[str]:
     means = [100 * c["mean"] for c in found if c["mean"] is not None]
     span = (f"differences from {min(means):+.1f} to {max(means):+.1f} points" if means
             else "no difference measured")
+    worse, better, none = _READINGS[ablation]
     if counts["fails"] and not counts["holds"]:
-      reading = "removing it costs accuracy: it is part of why MTSL works"
+      reading = worse
     elif counts["holds"] and not counts["fails"]:
-      reading = "the change helps: MTSL as configured leaves accuracy unused"
+      reading = better
     elif counts["holds"] and counts["fails"]:
       reading = "it depends on the cell (see the ablation table)"
     else:
-      reading = "no measurable effect at these cells"
+      reading = none
     lines.append(f"- {what}: {counts['fails']} cells significantly worse, "
                  f"{counts['not significant']} not significant, {counts['holds']} better "
                  f"({span}); {reading}.")
@@ -306,14 +329,15 @@ def _tuning(recs: Sequence[dict], figures: pathlib.Path, doc_dir: pathlib.Path) 
 
 def _provenance(recs: Sequence[dict], summ: dict) -> list[str]:
   runs = [r for s in summ.values() for r in s["runs"]]
+  tuning = len({runner.key(r) for r in recs if r["phase"] == "tune"})
   machines = sorted({v2_analysis.machine(r.get("where")) for r in recs})
   reductions = {}  # profile -> its map runs' reductions, in order
   for r in runs:
     reductions.setdefault(r["profile"], {}).update(dict.fromkeys(r.get("reductions") or []))
   plateaued = sum(1 for s in summ.values() if s["all_plateaued"])
   return ["## What ran", "",
-          f"{len(recs)} records: {sum(r['phase'] == 'tune' for r in recs)} tuning runs and "
-          f"{len(runs)} map and ablation runs in {len(summ)} cells, of which {plateaued} "
+          f"{tuning} tuning runs and {len(runs)} map and ablation runs in {len(summ)} "
+          f"cells (each run counted once), of which {plateaued} "
           "reached a plateau in every seed.", "",
           "Computed on: " + "; ".join(machines) + ".", "",
           "Reductions against the full study, per profile (every record names its own):",

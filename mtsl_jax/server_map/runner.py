@@ -159,8 +159,10 @@ def run_cell(paths: Paths, profile_name: str, phase: str, dataset: str, setting:
                             tune=False, client_steps=profile.max_client_steps,
                             evals=grid.EVALS, model=profile.model,
                             tfds_data_dir=paths.tfds_data_dir)
+  # The rates are part of the path: a re-tuned method trains its cells afresh.
   cell = (paths.scratch / profile_name / phase / dataset / setting /
-          f"examples={examples},clients={clients}" / method)
+          f"examples={examples},clients={clients}" / method /
+          f"lr={point['server_lr']},{point['client_lr']}")
   workdirs = [cell / f"seed={s}" for s in todo]
   start = time.perf_counter()
   results = seed_batch.train_seeds(config, todo, workdirs, allow_single=True,
