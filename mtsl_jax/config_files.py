@@ -14,6 +14,7 @@ is loaded or anything compiles.
   load_sweep_file(path)        (get_config(), get_sweep()) of a sweep file
   apply_overrides(config, d)   {dotted field: value} through
                                ConfigDict.update_from_flattened_dict
+  load_run_config(workdir)     the config a run recorded in <workdir>/config.json
   DEFINE_config_file(name)     ml_collections' config flag (which parses the
                                --config.field=value overrides), loading with this module
   parse_flags(argv)            absl's flag parsing for `app.run(main, flags_parser=...)`:
@@ -27,6 +28,7 @@ overrides, which may be what makes a config valid.
 
 import copy
 import importlib.machinery
+import json
 import importlib.util
 import math
 import pathlib
@@ -40,7 +42,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from mtsl_jax import errors, validation
+from mtsl_jax import config_base, errors, validation
 
 
 # Defined in `errors.py`; public here too. A ConfigFileError is a ConfigError.
@@ -484,3 +486,55 @@ def finite_positive_floats(values: Sequence[str], flag: str) -> list[float]:
   if not out:
     raise CommandLineError(f"--{flag}: give at least one value, e.g. --{flag}=0.01,0.1")
   return out
+
+
+def _as_default_type(value: Any, default: Any) -> Any:
+  """A JSON value back in its field's Python type (JSON turned tuples into lists)."""
+  if isinstance(default, tuple) and isinstance(value, list):
+    return tuple(_as_default_type(v, default[0] if default else v) if isinstance(v, list)
+                 else v for v in value)
+  if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  return value
+
+
+def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir`, from the config.json it recorded.
+
+  Args:
+    workdir: a run's workdir (`train.write_config` wrote its config.json).
+
+  Returns:
+    The validated config.
+
+  Raises:
+    ConfigFileError: no config.json, unreadable JSON, or a field this version of the
+      schema does not know; validation.ConfigError as `validate_config`.
+  """
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise ConfigFileError(str(path), f"no such file; is {workdir} the workdir of a run?")
+  try:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ConfigFileError(str(path), f"cannot be read as JSON ({_one_line(str(e))})") from e
+  config = config_base.base_config()
+  flat = {}
+
+  def walk(d, prefix):
+    for key, value in d.items():
+      if isinstance(value, dict):
+        walk(value, f"{prefix}{key}.")
+      else:
+        flat[prefix + key] = value
+  walk(saved, "")
+  for field, value in flat.items():
+    try:
+      check_field(config, field)
+    except validation.ConfigError as e:
+      raise ConfigFileError(str(path), str(e), field) from None
+    section, leaf = _section_and_leaf(config, field)
+    flat[field] = _as_default_type(value, section[leaf])
+  config = apply_overrides(config, flat)
+  validation.validate_config(config)
+  return config

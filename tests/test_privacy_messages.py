@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtsl_jax import cut_defences, data, split_gradients, train
+from mtsl_jax import cut_defences, data, split_gradients, train, validation
 from mtsl_jax.algorithms import mtsl
 from mtsl_jax.privacy import attacks, messages
 from tests.test_replicas import _tiny
@@ -91,3 +91,29 @@ def test_nopeek_and_smashed_noise_lower_the_input_dependence_the_server_sees(tmp
     measured[name] = attacks.attack_all(window)["input_dcor"]
   assert measured["noise"] < measured["none"] - 0.1
   assert measured["nopeek"] < measured["none"] - 0.1
+
+
+def test_a_finished_run_is_attacked_from_its_workdir(tmp_path):
+  # pylint: disable=import-outside-toplevel
+  import json
+  from mtsl_jax import config_files
+  from mtsl_jax.privacy import attack_run, reconstruction
+  config = _tiny(**{"split.orientation": "u_shaped", "num_steps": 6,
+                    "privacy.smashed_noise_std": 0.5, "model.hidden_sizes": (8, 6)})
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, workdir, verbose=False)
+  # The recorded config comes back whole, tuples and all.
+  loaded = config_files.load_run_config(workdir)
+  assert loaded.to_dict() == config.to_dict()
+  scores = attack_run.attack_workdir(workdir, window_steps=2,
+                                     budget=reconstruction.AttackBudget((8,), 5, (8,), 5, 8))
+  assert scores["step"] == 6 and scores["orientation"] == "u_shaped"
+  assert scores["defences"]["smashed_noise_std"] == 0.5
+  assert 0 <= scores["label_auc"] <= 1 and 0 <= scores["input_dcor"] <= 1
+  assert json.loads((workdir / "privacy.json").read_text()) == scores
+  fedavg = tmp_path / "fedavg"
+  train.train_and_evaluate(_tiny(algorithm="fedavg"), fedavg, verbose=False)
+  with pytest.raises(validation.ConfigError, match="'fedavg'"):
+    attack_run.attack_workdir(fedavg)
+  with pytest.raises(config_files.ConfigFileError, match="no such file"):
+    attack_run.attack_workdir(tmp_path / "nothing")

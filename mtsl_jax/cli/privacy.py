@@ -3,6 +3,7 @@ of its own training, and docs/privacy.md.
 
   python launch/privacy.py --profile=cpu --tfds_data_dir=DIR   # what a 2-core CPU runs
   python launch/privacy.py --phases=report                     # only the document
+  python launch/privacy.py --attack=WORKDIR                    # attack one finished run
 
 Phases: run (every row of mtsl_jax/privacy/tradeoff.py not recorded yet: train, record
 the messages at the start, middle and end of training, attack them; one line per row
@@ -20,7 +21,7 @@ import sys
 from absl import flags
 
 from mtsl_jax import exit_codes
-from mtsl_jax.privacy import report, tradeoff
+from mtsl_jax.privacy import attack_run, report, tradeoff
 
 _PHASES = ("run", "report")
 _PROFILE = flags.DEFINE_string("profile", "cpu", f"Which rows and budget: one of "
@@ -31,10 +32,17 @@ _REPORT = flags.DEFINE_string("report", "docs/privacy.md", "The document to writ
 _SCRATCH = flags.DEFINE_string("scratch", "workdirs/privacy", "Per-run workdirs.")
 _TFDS = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir ('' = TFDS's default: "
                             "$TFDS_DATA_DIR, else ~/tensorflow_datasets).")
+_ATTACK = flags.DEFINE_string("attack", "", "Instead of the study: attack the MTSL run in "
+                              "this workdir at its latest checkpoint (writes privacy.json "
+                              "there).")
+_WINDOW = flags.DEFINE_integer("window_steps", 8, "With --attack: steps of the recorded "
+                               "window.")
 
 
 def _check() -> str | None:
   """The first bad flag as one line, or None."""
+  if _WINDOW.value < 1:
+    return f"--window_steps: must be >= 1, got {_WINDOW.value}"
   unknown = set(_PHASE_LIST.value) - set(_PHASES)
   if unknown:
     return f"--phases: unknown {sorted(unknown)}; allowed: {', '.join(_PHASES)}"
@@ -44,6 +52,12 @@ def _check() -> str | None:
 
 
 def _study() -> None:
+  if _ATTACK.value:
+    scores = attack_run.attack_workdir(_ATTACK.value, _WINDOW.value)
+    for name, value in sorted(scores.items()):
+      print(f"{name}: {value}")
+    print(f"privacy: wrote {pathlib.Path(_ATTACK.value) / 'privacy.json'}", flush=True)
+    return
   results = pathlib.Path(_RESULTS.value)
   if "run" in _PHASE_LIST.value:
     tradeoff.run_profile(results, pathlib.Path(_SCRATCH.value), _PROFILE.value, _TFDS.value)

@@ -84,6 +84,9 @@ implementations, and is the undefended step at strength 0 (tests/test_cut_defenc
   FedSGD update of 4 training examples at the final global model, scored as the
   reconstructions are. FedAvg trains with one local step (FedSGD), so the attacked
   update is exactly what it sends, for the same client steps as the MTSL rows.
+- Any finished MTSL run: `python launch/privacy.py --attack=WORKDIR` records a window
+  from its latest checkpoint and writes the same scores to WORKDIR/privacy.json
+  (`attack_run.py`).
 - Not yet: SplitFed rows, Fashion-MNIST and CIFAR-10.
 """
 
