@@ -117,3 +117,21 @@ def test_a_finished_run_is_attacked_from_its_workdir(tmp_path):
     attack_run.attack_workdir(fedavg)
   with pytest.raises(config_files.ConfigFileError, match="no such file"):
     attack_run.attack_workdir(tmp_path / "nothing")
+
+
+def test_a_splitfed_window_is_the_runs_own_rounds_and_first_step_messages(tmp_path):
+  overrides = {"algorithm": "splitfed_v2", "split.orientation": "bottom",
+               "split.client_top_blocks": 0, "fl.local_steps": 2}
+  config, state, federation = _run(tmp_path, 3, **overrides)
+  window, after = messages.record_splitfed_window(config, state, federation, 2)
+  _, longer, _ = _run(tmp_path, 5, **overrides)
+  for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(longer)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  # Round 3's first split step is split step 6: its minibatch through the global bottom.
+  train_data, _ = data.to_device(federation)
+  x, y = data.sample_batches(train_data, jax.random.fold_in(state.rng, 6), 4)
+  bottom = messages.client_bottom(config, state, federation, 0)
+  np.testing.assert_array_equal(window.y[:, :4], np.asarray(y))
+  np.testing.assert_allclose(window.messages["up/smashed"][0, :4], np.asarray(bottom(x[0])),
+                             rtol=1e-5, atol=1e-6)
+  assert attacks.attack_all(window)["label_auc"] == 1.0  # labels go up under this cut

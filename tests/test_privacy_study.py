@@ -9,15 +9,15 @@ def test_every_row_builds_a_valid_config_in_every_profile():
   for profile in tradeoff.PROFILES.values():
     for row in tradeoff.rows():
       c = tradeoff.make_config(profile, row)
-      if row.orientation == "fedavg":
-        assert c.algorithm == "fedavg"
+      if row.orientation in ("fedavg", "splitfed_v2"):
+        assert c.algorithm == row.orientation
       else:
         assert c.algorithm == "mtsl" and c.split.orientation == row.orientation
       if row.defence not in ("none", "client_bottom_blocks"):
         assert c.privacy[row.defence] == row.strength > 0
   # Each defence at 4 strengths where its message is sent, the deeper cut, 3 undefended
-  # MTSL rows and FedAvg's.
-  assert len(tradeoff.rows()) == 3 + 4 * 3 + 4 * 2 + 1 + 4 + 1
+  # MTSL rows, FedAvg's and SplitFed's.
+  assert len(tradeoff.rows()) == 3 + 4 * 3 + 4 * 2 + 1 + 4 + 2
 
 
 def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path,
@@ -25,7 +25,8 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
   chosen = [tradeoff.Row("u_shaped", "none", 0.0),
             tradeoff.Row("u_shaped", "cut_grad_noise_std", 0.03),
             tradeoff.Row("bottom", "client_bottom_blocks", 2.0),
-            tradeoff.Row("fedavg", "none", 0.0)]
+            tradeoff.Row("fedavg", "none", 0.0),
+            tradeoff.Row("splitfed_v2", "none", 0.0)]
   monkeypatch.setattr(tradeoff, "rows", lambda: chosen)
   results = tmp_path / "runs.jsonl"
   tradeoff.run_profile(results, tmp_path / "scratch", "test", verbose=False)
@@ -40,7 +41,7 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
       assert end["label_auc"] is None and end["input_dcor"] is None
       assert end["recon_psnr"] is not None
       continue
-    if r["orientation"] == "bottom":
+    if r["orientation"] in ("bottom", "splitfed_v2"):
       assert end["label_auc"] == 1.0  # the labels travel with the smashed data
     assert 0 <= end["input_dcor"] <= 1
     assert 0 <= end["recon_classifier_accuracy"] <= 1 and end["recon_ssim"] is None

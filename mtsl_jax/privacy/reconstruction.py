@@ -28,7 +28,6 @@ import numpy as np
 import optax
 
 from mtsl_jax import data
-from mtsl_jax.algorithms import mtsl
 from mtsl_jax.privacy import image_metrics, messages
 
 
@@ -172,8 +171,9 @@ def attack_client(config, state, federation: data.Federation, window: messages.W
   the attacked client's); the decoder queries the client bottom at the window's state.
 
   Args:
-    config: the run's config (MTSL, one client architecture).
-    state: the run's state at the window's start (its client bottom is queried).
+    config: the run's config (MTSL with one client architecture, or SplitFed).
+    state: the run's state at the window's start (its client bottom is queried; under
+      SplitFed the global client-side model, which the server side averages anyway).
     federation: the run's data.
     window: the recorded window (its 'up/smashed', inputs and labels).
     client: the attacked client.
@@ -184,12 +184,9 @@ def attack_client(config, state, federation: data.Federation, window: messages.W
     `score` of the reconstructions, or None when the orientation sends no smashed data.
   """
   received = window.messages.get("up/smashed")
-  if received is None:
+  bottom = messages.client_bottom(config, state, federation, client)
+  if received is None or bottom is None:
     return None
-  split_model = mtsl.make_step_context(config, federation).split
-  bottom_params = jax.tree.map(lambda p: p[client],
-                               split_model.client_parts(state.clients.params)[0])
-  bottom = jax.jit(lambda x: split_model.bottom.apply(bottom_params, x))
   aux_x, _ = auxiliary_data(federation, client)
   classify = fixed_classifier(federation, client, budget, seed)
   decode = fit_decoder(bottom, aux_x, jax.random.fold_in(jax.random.PRNGKey(seed), 1), budget)

@@ -87,7 +87,11 @@ implementations, and is the undefended step at strength 0 (tests/test_cut_defenc
 - Any finished MTSL run: `python launch/privacy.py --attack=WORKDIR` records a window
   from its latest checkpoint and writes the same scores to WORKDIR/privacy.json
   (`attack_run.py`).
-- Not yet: SplitFed rows, Fashion-MNIST and CIFAR-10.
+- SplitFed v2's row (`messages.record_splitfed_window`): one split step per round, the
+  'bottom' cut; every client's smashed data and labels of each round's first split step,
+  attacked as the MTSL rows' are (the reconstruction queries the global client-side model,
+  which SplitFed's server side averages).
+- Not yet: Fashion-MNIST and CIFAR-10.
 """
 
 

@@ -15,7 +15,8 @@ the cut-layer gradients a client head sends up (label protection); and a deeper 
 bottom (two blocks, the cut itself as a defence). Each defence runs at four strengths in
 the orientations that send its message ('u_shaped', 'bottom', 'top'). FedAvg's row is the
 reference point: its final global model and one client's FedSGD update on a small batch,
-inverted (`gradient_inversion`). The learning rates
+inverted (`gradient_inversion`); SplitFed v2's row (one split step per round, the
+'bottom' cut) is attacked on its messages like the MTSL rows. The learning rates
 are the server map's tuned points on MNIST (results/server_map/runs.jsonl, profile
 'cpu', MLP 784-100-100-10), the same for every defence, so a defence's cost in accuracy
 is measured at the undefended run's rates.
@@ -49,12 +50,14 @@ DEFENCES_OF = {
     "bottom": ("smashed_noise_std", "nopeek_weight", "client_bottom_blocks"),
     "top": ("cut_grad_noise_std",),
     "fedavg": (),   # the reference point: FedAvg's update, inverted (gradient_inversion)
+    "splitfed_v2": (),  # SplitFed's messages: one global client-side model, 'bottom' cut
 }
 CUTS = {"u_shaped": (1, 1), "bottom": (1, 0), "top": (0, 1)}
 # (server, client) rates: the server map's tuned MNIST points (mtsl_u_shaped,
 # mtsl_bottom, mtsl_head, fedavg) at 400 examples x 10 clients.
 RATES = {"u_shaped": (0.0316228, 0.316228), "bottom": (0.0316228, 1.0),
-         "top": (0.316228, 1.0), "fedavg": (1.0, 0.316228)}
+         "top": (0.316228, 1.0), "fedavg": (1.0, 0.316228),
+         "splitfed_v2": (0.0316228, 1.0)}  # SplitFed is not in the map: MTSL bottom's
 # FedSGD (K = 1): the update the server sees is one gradient step, which the attack
 # inverts exactly as sent, and the row's budget in client steps is the MTSL rows'.
 FEDAVG_LOCAL_STEPS = 1
@@ -153,6 +156,13 @@ def make_config(profile: Profile, row: Row, tfds_data_dir: str = "",
   if row.orientation == "fedavg":
     c.algorithm = "fedavg"
     c.fl.local_steps = FEDAVG_LOCAL_STEPS
+  elif row.orientation == "splitfed_v2":
+    # One split step per round: a round is a step of the MTSL rows, and every message the
+    # window records is one the run sends.
+    c.algorithm = "splitfed_v2"
+    c.fl.local_steps = 1
+    c.split.orientation = "bottom"
+    c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS["bottom"]
   else:
     c.split.orientation = row.orientation
     c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS[row.orientation]
@@ -225,8 +235,9 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
         scores[str(s)] = dict(_fedavg_attack(seed_config, states[s], federation, profile),
                               accuracy=accuracy[s])
         continue
-      window, after = messages.record_window(seed_config, states[s], federation,
-                                             profile.window_steps)
+      record = (messages.record_splitfed_window if row.orientation == "splitfed_v2"
+                else messages.record_window)
+      window, after = record(seed_config, states[s], federation, profile.window_steps)
       scores[str(s)] = attacks.attack_all(window)
       if t == last:  # the end of training: the accuracy, and the costly attack
         scores[str(s)]["accuracy"] = _accuracy(seed_config, after, federation)
