@@ -185,13 +185,14 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
             tfds_data_dir: str = "", verbose: bool = True) -> list[dict]:
   """Trains one row's unrecorded seeds (vmapped), attacks each window, appends the records.
 
-  Training runs forward in segments, each ending where a window starts; the window
+  The state where a window starts comes from a run trained to that step in a workdir of
+  its own (training is deterministic and the schedules constant, so each is the same run
+  stopped earlier; own workdirs make every segment resumable by itself). The window
   continues the run for `window_steps` steps with its own step (`record_window`), so the
   last window holds the run's real last steps and ends at num_steps, where the accuracy
   is measured. Each window's scores are kept in the row's scratch directory as soon as
-  they exist, so an interrupted row resumes at its first unscored window (an earlier
-  segment is never trained again). FedAvg's row trains to num_steps and is attacked
-  there.
+  they exist, so an interrupted row resumes at its first unscored window. FedAvg's row
+  trains to num_steps and is attacked there.
 
   Returns:
     The new records.
