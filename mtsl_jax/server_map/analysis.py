@@ -31,7 +31,7 @@ VERSUS = {  # comparison name -> the baselines it takes the best of
     "best of local and FedAvg": ("local", "fedavg"),
     "FedRep": ("fedrep",),
 }
-IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 
 
 def cells(recs: Sequence[dict]) -> dict[tuple, list[dict]]:
@@ -187,7 +187,7 @@ def model_text(profile: str, dataset: str) -> str:
   if model is None:
     return "unknown profile"
   if model.name == "mlp":
-    inputs = "60" if dataset == "synthetic" else "784"
+    inputs = {"synthetic": "60", "cifar10": "3072"}.get(dataset, "784")
     return f"MLP {inputs}-{'-'.join(map(str, model.hidden_sizes))}-10"
   return (f"CNN conv5x5 {' + conv5x5 '.join(map(str, model.cnn_features))}, dense "
           f"{model.cnn_dense}, head")

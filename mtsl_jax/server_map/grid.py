@@ -16,7 +16,8 @@ It maps:
     'cnn', 'cpu_cnn') adds the server-heavy 'bottom' cut: the client holds the first
     conv block (~0.2% of the parameters);
   * heterogeneity: Dirichlet(0.3) label skew and per-client label permutations;
-  * datasets: MNIST and Fashion-MNIST (the embedded synthetic data for tests).
+  * datasets: MNIST and Fashion-MNIST; CIFAR-10 in the CNN slice (profile 'cnn', for a
+    GPU); the embedded synthetic data for tests.
 
 Methods: MTSL at each cut, local-only, FedAvg (K = 5), FedRep (K = 5, head personal) and
 centralized training, each tuned on the comparison v2's grids (`v2_grid`: split methods
@@ -147,6 +148,7 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec({"source": "tfds", "name": "mnist"}, 60000),
     "fashion_mnist": DatasetSpec({"source": "tfds", "name": "fashion_mnist"}, 60000),
+    "cifar10": DatasetSpec({"source": "tfds", "name": "cifar10"}, 50000),
     "synthetic": DatasetSpec({"source": "synthetic"}, 0),
 }
 
@@ -199,8 +201,8 @@ PROFILES: dict[str, Profile] = {
                    ("3 seeds, not 5", "budget 300 client steps of 32 examples, not 1000",
                     "tuning runs 150 client steps, not 300", _TUNED_ONCE)),
     # The CNN slice (server-heavy 'bottom' cut: the client holds the first conv block).
-    "cnn": Profile(CNN, ("mnist", "fashion_mnist"), SETTINGS, (25, 100, 400, 0), (10, 50),
-                   _CNN_METHODS, (0, 1, 2, 3, 4), 1000, 300, TUNE_REGIME, ("bottom",),
+    "cnn": Profile(CNN, ("mnist", "fashion_mnist", "cifar10"), SETTINGS, (25, 100, 400, 0),
+                   (10, 50), _CNN_METHODS, (0, 1, 2, 3, 4), 1000, 300, TUNE_REGIME, ("bottom",),
                    ((100, 10),), ("CNN slice: 4 data levels x 2 client counts", _TUNED_ONCE)),
     "cpu_cnn": Profile(CNN, ("mnist",), ("dirichlet_0.3",), (100, 0), (10,), _CNN_METHODS,
                        (0, 1, 2), 300, 150, TUNE_REGIME, ("bottom",), ((100, 10),),
