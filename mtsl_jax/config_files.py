@@ -42,7 +42,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from mtsl_jax import config_base, errors, validation
+from mtsl_jax import config_base, errors, fingerprint, validation
 
 
 # Defined in `errors.py`; public here too. A ConfigFileError is a ConfigError.
@@ -519,15 +519,7 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   except (OSError, ValueError) as e:
     raise ConfigFileError(str(path), f"cannot be read as JSON ({_one_line(str(e))})") from e
   config = config_base.base_config()
-  flat = {}
-
-  def walk(d, prefix):
-    for key, value in d.items():
-      if isinstance(value, dict):
-        walk(value, f"{prefix}{key}.")
-      else:
-        flat[prefix + key] = value
-  walk(saved, "")
+  flat = fingerprint.dotted(saved)
   for field, value in flat.items():
     try:
       check_field(config, field)

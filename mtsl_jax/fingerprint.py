@@ -72,8 +72,8 @@ LATER_FIELDS = {
 }
 
 
-def flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Dotted field -> JSON-normalized value (tuples become lists, as after a round trip)."""
+def dotted(nested: dict) -> dict[str, Any]:
+  """A nested dict as dotted paths -> leaf values ({'a': {'b': 1}} -> {'a.b': 1})."""
   out = {}
 
   def walk(d, prefix):
@@ -82,7 +82,13 @@ def flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
         walk(value, f"{prefix}{key}.")
       else:
         out[prefix + key] = value
-  walk(config.to_dict(), "")
+  walk(nested, "")
+  return out
+
+
+def flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Dotted field -> JSON-normalized value (tuples become lists, as after a round trip)."""
+  out = dotted(config.to_dict())
   normalize = lambda v: [normalize(x) for x in v] if isinstance(v, (list, tuple)) else v
   return {k: normalize(v) for k, v in out.items()}
 

@@ -86,15 +86,20 @@ def record_window(config, state, federation: data.Federation,
     new_state, _ = step(state, train_data)
     return new_state, x, y, messages
 
+  return _collect(recorded_step, state, num_steps)
+
+
+def _collect(recorded_step, state, count: int) -> tuple[Window, object]:
+  """Runs `recorded_step` (state -> state, x, y, messages) `count` times into a Window."""
   start = int(state.step)
-  xs, ys, messages = [], [], []
-  for _ in range(num_steps):
+  xs, ys, sent_all = [], [], []
+  for _ in range(count):
     state, x, y, sent = recorded_step(state)
     xs.append(np.asarray(x))
     ys.append(np.asarray(y))
-    messages.append({k: np.asarray(v) for k, v in sent.items()})
+    sent_all.append({k: np.asarray(v) for k, v in sent.items()})
   window = Window(start, _client_major(xs), _client_major(ys),
-                  {k: _client_major([m[k] for m in messages]) for k in messages[0]})
+                  {k: _client_major([m[k] for m in sent_all]) for k in sent_all[0]})
   return window, state
 
 
@@ -139,16 +144,7 @@ def record_splitfed_window(config, state, federation: data.Federation,
     new_state, _ = algorithm.step(state, train_data)
     return new_state, x, y, sent
 
-  start = int(state.step)
-  xs, ys, sent_all = [], [], []
-  for _ in range(num_rounds):
-    state, x, y, sent = recorded_round(state)
-    xs.append(np.asarray(x))
-    ys.append(np.asarray(y))
-    sent_all.append({k: np.asarray(v) for k, v in sent.items()})
-  window = Window(start, _client_major(xs), _client_major(ys),
-                  {k: _client_major([m[k] for m in sent_all]) for k in sent_all[0]})
-  return window, state
+  return _collect(recorded_round, state, num_rounds)
 
 
 def client_bottom(config, state, federation: data.Federation, client: int):
