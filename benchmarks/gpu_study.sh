@@ -4,7 +4,8 @@
 # STUDY=compare_v2 (default): the comparison v2's 'gpu' profile (CIFAR-10 at the full
 # budget: 2-D tuning grids, then every main cell with 5 seeds), records
 # results/v2/runs.jsonl. STUDY=server_map: the server map's CNN slice ('cnn'), then the
-# whole MLP map ('full'), records results/server_map/runs.jsonl.
+# whole MLP map ('full'), records results/server_map/runs.jsonl. STUDY=privacy: the
+# privacy study's MNIST and Fashion-MNIST rows, records results/privacy/runs.jsonl.
 #
 # The runs go into a COPY of the records, so that what a time-limited device computes
 # comes back as records: the runner skips everything already recorded, and stops starting
@@ -18,7 +19,7 @@
 # Output: OUT (default ./gpu_out): gpu.txt, runs.jsonl (all records: the old ones and the
 # new), study.txt. Back on the main machine, append the new lines to the records:
 #   python -m mtsl_jax.comparison.merge_records OUT/runs.jsonl results/v2/runs.jsonl
-#   (results/server_map/runs.jsonl for the server map)
+#   (results/server_map/runs.jsonl or results/privacy/runs.jsonl for the other studies)
 set -uo pipefail
 out=${OUT:-gpu_out}
 budget=${1:-540}
@@ -29,7 +30,9 @@ case "$study" in
               needs=cifar10 ;;
   server_map) records=results/server_map/runs.jsonl; phases=tune,map,ablations
               defaults="cnn full"; needs=fashion_mnist ;;
-  *) echo "STUDY must be compare_v2 or server_map, got '$study'" >&2; exit 2 ;;
+  privacy) records=results/privacy/runs.jsonl; phases=run
+           defaults="cpu cpu_fashion_mnist"; needs=fashion_mnist ;;
+  *) echo "STUDY must be compare_v2, server_map or privacy, got '$study'" >&2; exit 2 ;;
 esac
 profiles=${PROFILES:-$defaults}
 mkdir -p "$out"

@@ -220,7 +220,9 @@ def test_a_cell_trained_seed_by_seed_records_what_the_vmapped_cell_does(tmp_path
                                grouped["curve"]["accuracy_mean"], atol=0.02)
 
 
-@pytest.mark.parametrize("study,budget", [("compare_v2", 25), ("server_map", 40)])
+# Budgets leave a loaded 2-core machine time for the first record of each study.
+@pytest.mark.parametrize("study,budget", [("compare_v2", 45), ("server_map", 45),
+                                          ("privacy", 45)])
 def test_the_device_script_stops_at_its_budget_and_keeps_its_records(tmp_path, study,
                                                                        budget):
   # The GPU script on the embedded data ('test' profile): whatever finished before the

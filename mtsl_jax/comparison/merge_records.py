@@ -3,7 +3,8 @@
 Records computed elsewhere (a GPU session writes into a copy of `results/v2/runs.jsonl`)
 come back by merging: every record of the source whose key (`KEY_FIELDS`) the
 destination lacks is appended, in the source's order; nothing in the destination changes.
-The same command merges the server map's records (`results/server_map/runs.jsonl`).
+The same command merges the server map's and the privacy study's records
+(`results/server_map/runs.jsonl`, `results/privacy/runs.jsonl`).
 
   python -m mtsl_jax.comparison.merge_records SOURCE DESTINATION
 """
@@ -13,10 +14,10 @@ import sys
 
 from mtsl_jax.comparison import records, v2_records
 
-# The union of the studies' run identities: the comparison v2's, and the server map's,
-# which adds the cell (examples per client, clients). A field a record lacks reads as
-# None, so each study's records keep their own identity.
-KEY_FIELDS = (*v2_records.KEY_FIELDS, "examples", "clients")
+# The union of the studies' run identities: the comparison v2's; the server map's, which
+# adds the cell (examples per client, clients); the privacy study's (profile, row, seed).
+# A field a record lacks reads as None, so each study's records keep their own identity.
+KEY_FIELDS = (*v2_records.KEY_FIELDS, "examples", "clients", "row")
 
 
 def merge(source: pathlib.Path, destination: pathlib.Path) -> int:
