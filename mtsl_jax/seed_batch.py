@@ -50,7 +50,8 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
                 workdirs: Sequence[str | pathlib.Path], *,
                 group_dir: str | pathlib.Path | None = None, verbose: bool = False,
                 fallback_fn: Callable | None = None,
-                allow_single: bool = False) -> list[train.TrainResult]:
+                allow_single: bool = False,
+                record_divergence: bool = False) -> list[train.TrainResult]:
   """Trains `config` for every seed, as one replica group when they share a program.
 
   Args:
@@ -62,6 +63,9 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     fallback_fn: `(config, workdir, verbose=...) -> TrainResult` for sequential runs
       (default `train.train_and_evaluate`).
     allow_single: run even one seed as a group (of one), see `train.train_replicas`.
+    record_divergence: a seed trained on its own (its seeds could not share a program)
+      that diverges comes back with `diverged` set instead of stopping the others, as a
+      replica of a group does (`train.train_replicas`).
 
   Returns:
     One TrainResult per seed, in order; a seed that diverged has `diverged` set.
@@ -73,5 +77,5 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   return train.train_replicas(configs, workdirs,
                               group_dir=group_dir or default_group_dir(workdirs, seeds),
                               verbose=verbose, fallback_fn=fallback_fn,
-                              allow_single=allow_single)
+                              allow_single=allow_single, record_divergence=record_divergence)
 

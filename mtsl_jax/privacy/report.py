@@ -116,7 +116,8 @@ def _summaries(recs: Sequence[dict]) -> dict[tuple, dict]:
                   and math.isfinite(r["attacks"][t][attack])]
         windows[t][attack] = statistics.t_interval(values) if values else None
     out[key] = {"accuracy": statistics.t_interval(accs) if accs else None,
-                "attacks": windows, "seeds": len(runs), "row": runs[0]}
+                "attacks": windows, "seeds": len(runs), "row": runs[0],
+                "diverged": sum(bool(r.get("diverged")) for r in runs)}
   return out
 
 
@@ -146,7 +147,8 @@ def _table(summ: dict) -> list[str]:
       cells += [fmt.interval_text(s["attacks"][t]["input_dcor"], 1, 3) for t in windows]
       cells += [fmt.interval_text(s["attacks"][end].get(k), 1, 2 if k == "recon_psnr" else 3)
                 for k in recon]
-      lines.append(f"| {row.orientation} | {row.defence} | {row.strength:g} | {s['seeds']} | "
+      seeds = f"{s['seeds']}" + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
+      lines.append(f"| {row.orientation} | {row.defence} | {row.strength:g} | {seeds} | "
                    f"{fmt.interval_text(s['accuracy'], 100)} | " + " | ".join(cells) + " |")
     lines.append("")
   return lines

@@ -225,11 +225,17 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
     else:
       trained = seed_batch.train_seeds(config, seeds, [cell / f"to={until}" / f"seed={s}"
                                                        for s in seeds],
-                                       allow_single=True, group_dir=cell / f"to={until}")
-      states = {s: r.state for s, r in zip(seeds, trained)}
+                                       allow_single=True, group_dir=cell / f"to={until}",
+                                       record_divergence=True)
+      # A diverged seed keeps no state: it is recorded as diverged, with no scores.
+      states = {s: None if r.diverged else r.state for s, r in zip(seeds, trained)}
       accuracy = {s: r.eval_metrics.get("test/accuracy_mean") for s, r in zip(seeds, trained)}
     scores = {}
     for s in seeds:
+      if states[s] is None:
+        scores[str(s)] = {"label_auc": None, "input_dcor": None, "accuracy": None,
+                          "diverged": True}
+        continue
       seed_config = seed_batch.seed_configs(config, [s])[0]
       federation = data.build_federation(seed_config.data, s)
       if fedavg:
@@ -252,17 +258,19 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
   new = []
   for s in seeds:
     windows = {t: dict(partial[t][str(s)]) for t in map(str, profile.windows)}
-    accuracy = windows[str(last)].pop("accuracy")
+    accuracy = windows[str(last)].pop("accuracy", None)
+    diverged = any(w.pop("diverged", False) for w in windows.values())
     new.append({"profile": profile_name, "row": row.name, "orientation": row.orientation,
                 "defence": row.defence, "strength": row.strength, "seed": s,
                 "num_steps": profile.num_steps, "window_steps": profile.window_steps,
-                "accuracy": accuracy, "attacks": windows,
+                "accuracy": accuracy, "diverged": diverged, "attacks": windows,
                 "reductions": list(profile.reductions),
                 "where": v2_runner.where_computed(len(seeds))})
   out.append(new)
   if verbose:
     print(f"[privacy] {row.name} seeds={seeds}: acc "
-          + " ".join(f"{r['accuracy']:.3f}" for r in new) + " | end "
+          + " ".join("diverged" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+                     for r in new) + " | end "
           + str(new[0]["attacks"][str(last)])
           + f" ({time.perf_counter() - start:.0f} s)", flush=True)
   return new

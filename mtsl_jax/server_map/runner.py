@@ -165,8 +165,10 @@ def run_cell(paths: Paths, profile_name: str, phase: str, dataset: str, setting:
           f"lr={point['server_lr']},{point['client_lr']}")
   workdirs = [cell / f"seed={s}" for s in todo]
   start = time.perf_counter()
+  # A diverged seed is a result of the cell (recorded as such), not a reason to stop.
   results = seed_batch.train_seeds(config, todo, workdirs, allow_single=True,
-                                   group_dir=cell / f"seeds={','.join(map(str, todo))}")
+                                   group_dir=cell / f"seeds={','.join(map(str, todo))}",
+                                   record_divergence=True)
   per = grid.client_steps_per_step(method)
   cache = {} if counts_cache is None else counts_cache
   new = []
