@@ -135,7 +135,8 @@ def ablations(summ: dict[tuple, dict]) -> dict[tuple, dict[str, dict]]:
   Returns:
     (profile, dataset, setting, examples, clients, MTSL row) -> ablation -> the
     `v2_analysis.claim` of the ablated row minus the MTSL row, with 'accuracy' (the
-    ablated row's t-interval).
+    ablated row's t-interval) and 'diverged' (its seeds that diverged, left out of the
+    paired test).
   """
   out = collections.defaultdict(dict)
   for key, s in summ.items():
@@ -145,7 +146,8 @@ def ablations(summ: dict[tuple, dict]) -> dict[tuple, dict[str, dict]]:
     mtsl = (*key[:5], grid.base_method(key[5]))
     if mtsl not in summ:
       continue
-    out[mtsl][ablation] = dict(v2_analysis.claim(s, summ[mtsl]), accuracy=s["accuracy"])
+    out[mtsl][ablation] = dict(v2_analysis.claim(s, summ[mtsl]), accuracy=s["accuracy"],
+                               diverged=len(s["diverged"]))
   return dict(out)
 
 

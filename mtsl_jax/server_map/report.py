@@ -132,6 +132,10 @@ def _mechanism(ablations: dict) -> list[str]:
     span = (f"differences from {min(means):+.1f} to {max(means):+.1f} points" if means
             else "no difference measured")
     worse, better, none = _READINGS[ablation]
+    diverged = sum(c["diverged"] for c in found)
+    if diverged:  # a seed that diverged is a loss the paired test cannot see
+      none = (f"{diverged} seed(s) diverged in {sum(c['diverged'] > 0 for c in found)} "
+              "cell(s), left out of the tests: unstable at the MTSL row's rates")
     if counts["fails"] and not counts["holds"]:
       reading = worse
     elif counts["holds"] and not counts["fails"]:
