@@ -216,3 +216,11 @@ def test_a_diverging_seed_is_recorded_and_the_cell_goes_on(tmp_path):
   assert [r["seed"] for r in new] == list(grid.PROFILES["test"].seeds)
   assert any(r["diverged"] for r in new)  # so the test can fail
   assert all((r["final"] is None) == bool(r["diverged"]) for r in new)
+
+
+def test_accuracy_cells_print_the_sample_std_beside_the_interval():
+  # pylint: disable=import-outside-toplevel
+  from mtsl_jax.comparison import report_format, statistics
+  i = statistics.t_interval([1, 2, 3, 4, 5])  # sample std sqrt(2.5) = 1.58, half 1.96
+  assert report_format.interval_with_std(i, 1, 2) == "3.00 ± 1.96 (sd 1.58)"
+  assert report_format.interval_with_std(statistics.t_interval([0.7]), 100) == "70.0 (n=1)"

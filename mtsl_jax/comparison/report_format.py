@@ -50,3 +50,11 @@ def verdict_text(c: dict | None, missing: str) -> str:
     return f"{c['verdict']}{mean} n={c['n']} ({c['note']})"
   return (f"{c['verdict']} {100 * c['mean']:+.1f} [{num(100 * c['low'])}, "
           f"{num(100 * c['high'])}] {p_text(c['p'])} n={c['n']}")
+
+
+def interval_with_std(value, scale: float = 1.0, digits: int = 1) -> str:
+  """`interval_text` followed by the sample std, e.g. '91.3 ± 0.7 (sd 0.3)'."""
+  text = interval_text(value, scale, digits)
+  if value is None or isinstance(value, str) or value.n < 2:
+    return text
+  return f"{text} (sd {num(scale * value.std, digits)})"

@@ -125,7 +125,8 @@ def _table(summ: dict) -> list[str]:
   lines = ["## Privacy-utility table", "",
            "Final mean per-task test accuracy (%) and each attack's score at the start, the "
            "middle and the end of training (window steps), mean ± 95% t half-width over "
-           "seeds; '—' where the message the attack reads is not sent.", ""]
+           "seeds (accuracy also with its sample std, ddof = 1); '—' where the message the "
+           "attack reads is not sent.", ""]
   for profile in sorted({k[0] for k in summ}):
     mine = {k[1]: v for k, v in summ.items() if k[0] == profile}
     windows = list(next(iter(mine.values()))["attacks"])
@@ -149,7 +150,7 @@ def _table(summ: dict) -> list[str]:
                 for k in recon]
       seeds = f"{s['seeds']}" + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
       lines.append(f"| {row.orientation} | {row.defence} | {row.strength:g} | {seeds} | "
-                   f"{fmt.interval_text(s['accuracy'], 100)} | " + " | ".join(cells) + " |")
+                   f"{fmt.interval_with_std(s['accuracy'], 100)} | " + " | ".join(cells) + " |")
     lines.append("")
   return lines
 

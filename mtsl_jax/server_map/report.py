@@ -220,11 +220,11 @@ def _heatmaps(maps: dict, diffs: dict, figures: pathlib.Path, doc_dir: pathlib.P
 
 def _accuracy_tables(maps: dict) -> list[str]:
   lines = ["## Accuracy per cell", "",
-           "Final mean per-task test accuracy (%), mean ± 95% t half-width over seeds (sample "
-           "std, ddof = 1); † marks a cell where some seed had not plateaued by the end of "
-           "its budget (`statistics.plateaued`: its last 20% of evaluations gained 0.3 "
-           "points or more over the best before them); 'n' is the mean train examples per "
-           "client actually held.", ""]
+           "Final mean per-task test accuracy (%), mean ± 95% t half-width over seeds and "
+           "(sd) the sample std (ddof = 1); † marks a cell where some seed had not "
+           "plateaued by the end of its budget (`statistics.plateaued`: its last 20% of "
+           "evaluations gained 0.3 points or more over the best before them); 'n' is the "
+           "mean train examples per client actually held.", ""]
   for map_key in sorted(maps):
     regimes = maps[map_key]
     methods = [m for m in grid.METHODS if any(m in v for v in regimes.values())]
@@ -242,7 +242,7 @@ def _accuracy_tables(maps: dict) -> list[str]:
           continue
         mark = "" if s["all_plateaued"] in (True, None) else " †"
         diverged = f" ({len(s['diverged'])} diverged)" if s["diverged"] else ""
-        values.append(fmt.interval_text(s["accuracy"], 100) + mark + diverged)
+        values.append(fmt.interval_with_std(s["accuracy"], 100) + mark + diverged)
       lines.append(f"| {regime[1]} | {_examples_label(regime[0])} | "
                    f"{'—' if n is None else f'{n:.0f}'} | " + " | ".join(values) + " |")
     lines.append("")
