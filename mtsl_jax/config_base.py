@@ -168,7 +168,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 100
   c.eval_every = 500
   c.checkpoint_every = 500
-  c.eval_batch_size = 512           # test examples per client per evaluation chunk
+  c.eval_batch_size = 512           # most test examples per client per evaluation chunk
+                                    # (fewer if a chunk would pass EVAL_MEMORY_BYTES)
   c.max_checkpoints_to_keep = 2
   c.progress_bar = True
   # Run the same steps without jit, op by op, to step through them in a debugger

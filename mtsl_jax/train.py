@@ -326,25 +326,35 @@ def train_replicas(configs: Sequence[ml_collections.ConfigDict],
 
 
 def _place(plan: _Plan, mesh):
-  """The data on the device(s): (train, (test_x, test_y, test_counts), chunk, axis).
+  """The data on the device(s): (train, test, layout, axis).
 
-  One run: padded on the host and placed once, on one device or straight into the
-  client sharding (no device ever holds the whole data set of a sharded run). A group:
-  stacked on a leading replica axis (axis 0), or one copy for all (axis None).
+  One run: laid out on the host (`evaluation.plan_layout`: test sets grouped by size,
+  chunks within the evaluation's memory bound) and placed once, on one device or straight
+  into the client sharding (no device ever holds the whole data set of a sharded run,
+  whose clients stay in one group in their own order). A group: stacked on a leading
+  replica axis (axis 0), or one copy for all (axis None).
   """
   if plan.replicated:
     group = plan.group_data
-    train, test = jax.device_put((group.train, (group.test_x, group.test_y,
-                                                group.test_counts)))
-    return train, test, group.chunk, None if group.shared else 0
+    train, test = jax.device_put((group.train, ((group.test_x, group.test_y,
+                                                 group.test_counts),)))
+    shape = group.test_x.shape if group.shared else group.test_x.shape[1:]
+    return train, test, evaluation.stacked_layout(shape, group.chunk), (
+        None if group.shared else 0)
   train_np, test_np = data.to_host(plan.federations[0])
-  chunk = min(plan.configs[0].eval_batch_size, int(test_np.x.shape[1]))
-  test_x, test_y = evaluation.pad_examples(test_np.x, test_np.y, chunk)
+  algorithm = plan.algorithms[0]
+  x = np.asarray(test_np.x)
+  per_example = evaluation.activation_bytes_per_example(
+      algorithm.logits, jax.eval_shape(algorithm.init_state),
+      jax.ShapeDtypeStruct(x.shape[2:], x.dtype))
+  layout = evaluation.plan_layout(test_np.counts, plan.configs[0].eval_batch_size,
+                                  per_example, group=mesh is None)
+  test = evaluation.arrange(x, test_np.y, test_np.counts, layout)
   if mesh is not None:
-    train, test = sharding.shard_clients((train_np, (test_x, test_y, test_np.counts)), mesh)
+    train, test = sharding.shard_clients((train_np, test), mesh)
   else:
-    train, test = jax.device_put((train_np, (test_x, test_y, test_np.counts)))
-  return train, test, chunk, None
+    train, test = jax.device_put((train_np, test))
+  return train, test, layout, None
 
 
 def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
@@ -364,10 +374,10 @@ def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
     if primary:
       for c, w in zip(plan.configs, plan.workdirs):
         write_config(c, w)
-    train_data, (test_x, test_y, test_counts), chunk, data_axis = _place(plan, mesh)
-    evaluate = evaluation.make_evaluate(alg0.logits, jnp.asarray(alg0.num_classes_M), chunk)
+    train_data, test_data, layout, data_axis = _place(plan, mesh)
+    evaluate = evaluation.make_evaluate(alg0.logits, alg0.num_classes_M, layout)
     if plan.replicated:
-      evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, data_axis, data_axis, data_axis)))
+      evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, data_axis)))
       run_steps = loop.make_multi_step(jax.vmap(alg0.step, in_axes=(0, data_axis)),
                                        replicated=True)
       # Every replica's state has replica 0's shapes (`replicas.same_program` checked):
@@ -406,9 +416,9 @@ def _train_locked(plan: _Plan, stop: signals.StopRequests, *, verbose: bool,
 
     def evaluate_now(state) -> list[dict]:
       if not plan.replicated:
-        raw = sharding.to_host(evaluate(state, test_x, test_y, test_counts))
+        raw = sharding.to_host(evaluate(state, test_data))
         return [evaluation.summarize(raw, fed0.test_counts)]
-      raw = jax.device_get(evaluate(state.states, test_x, test_y, test_counts))
+      raw = jax.device_get(evaluate(state.states, test_data))
       return [evaluation.summarize({k: v[r] for k, v in raw.items()}, f.test_counts)
               for r, f in enumerate(plan.federations)]
 

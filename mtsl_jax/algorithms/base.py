@@ -20,7 +20,10 @@ class Algorithm:
     name: the `config.algorithm` value.
     init_state: `() -> state`, the initial state pytree (deterministic from the seed).
     step: pure `(state, train_data) -> (state, metrics)`, see `split.make_train_step`.
-    logits: `(state, x [M, B, ...]) -> logits [M, B, C]`, every task's model.
+    logits: `(state, x [S, B, ...], clients=None) -> logits [S, B, C]`: the task models
+      of the clients `clients` (int32 [S], positions on the client axis; evaluation
+      groups clients by test-set size) on their examples, or of all M clients (S = M)
+      when None. Per-client state is selected with `take_clients`.
     traffic: exact bytes per step per client.
     param_counts: parameter counts by side, for the start-of-run report.
     num_classes_M: label-space size per task.
@@ -33,6 +36,20 @@ class Algorithm:
   param_counts: dict[str, int]
   num_classes_M: np.ndarray
 
+
+def take_clients(tree: PyTree, clients: jax.Array | None) -> PyTree:
+  """The rows `clients` of every leaf's leading client axis; all of `tree` when None.
+
+  Args:
+    tree: per-client leaves, each [M, ...].
+    clients: int32 [S] positions on the client axis, or None.
+
+  Returns:
+    `tree` with every leaf [S, ...] (a gather), or `tree` itself.
+  """
+  if clients is None:
+    return tree
+  return jax.tree.map(lambda p: jnp.take(p, clients, axis=0), tree)
 
 
 def task_weights(scheme: str, train_counts_M: np.ndarray) -> np.ndarray:

@@ -61,7 +61,9 @@ def build(config, federation: data.Federation) -> Algorithm:
   abstract = jax.eval_shape(init_state)
   return Algorithm(
       name="centralized", init_state=init_state, step=step,
-      logits=lambda state, x: local_training.apply_to_all(model, state.server.params, x),
+      # One model for every task: which clients' examples these are does not matter.
+      logits=lambda state, x, clients=None: local_training.apply_to_all(
+          model, state.server.params, x),
       traffic=ledger.no_traffic(num_clients),
       param_counts={"model": models.count_params(abstract.server.params)},
       num_classes_M=num_classes_M)

@@ -112,6 +112,8 @@ def build(config, federation: data.Federation) -> Algorithm:
       num_clients, sampled / num_clients)
   return Algorithm(
       name="fedavg", init_state=init_state, step=step,
-      logits=lambda state, x: local_training.apply_to_all(model, state.server.params, x),
+      # One model for every task: which clients' examples these are does not matter.
+      logits=lambda state, x, clients=None: local_training.apply_to_all(
+          model, state.server.params, x),
       traffic=traffic, param_counts={"global model": models.count_params(abstract.server.params)},
       num_classes_M=num_classes_M)

@@ -35,6 +35,7 @@ from mtsl_jax import task_losses
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import aggregation_weights
+from mtsl_jax.algorithms.base import take_clients
 from mtsl_jax.algorithms.base import task_setup
 
 
@@ -156,10 +157,11 @@ def build(config, federation: data.Federation) -> Algorithm:
 
   step = federated.make_round_step(num_clients, sampled, weights_M, local_work, aggregate)
 
-  def logits(state, x):
+  def logits(state, x, clients=None):
+    k_S = take_clients(classes, clients)
     log_p = jax.vmap(lambda p: task_losses.class_log_probs(
-        local_training.apply_to_all(model, p, x), classes[:, None]))(state.server.params)
-    log_pi = jnp.log(state.pi).T[:, :, None, None]  # [C, M, 1, 1]
+        local_training.apply_to_all(model, p, x), k_S[:, None]))(state.server.params)
+    log_pi = jnp.log(take_clients(state.pi, clients)).T[:, :, None, None]  # [C, S, 1, 1]
     return jax.nn.logsumexp(log_pi + log_p, axis=0)
 
   abstract = jax.eval_shape(init_state)

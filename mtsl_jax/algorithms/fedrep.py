@@ -19,6 +19,7 @@ from mtsl_jax import data, ledger, methods, models, optimizers, split_state
 from mtsl_jax.algorithms import federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import aggregation_weights
+from mtsl_jax.algorithms.base import take_clients
 from mtsl_jax.algorithms.base import task_setup
 
 # The head steps' minibatches come from their own random stream of the round (after
@@ -131,9 +132,9 @@ def build(config, federation: data.Federation) -> Algorithm:
 
   step = federated.make_round_step(num_clients, sampled, weights_M, local_work, aggregate)
 
-  def logits(state, x):
+  def logits(state, x, clients=None):
     h = local_training.apply_to_all(body, state.server.params, x)
-    return jax.vmap(head.apply)(state.heads, h) if head.blocks else h
+    return jax.vmap(head.apply)(take_clients(state.heads, clients), h) if head.blocks else h
 
   abstract = jax.eval_shape(init_state)
   traffic = ledger.exchange_traffic(

@@ -14,6 +14,7 @@ import optax
 from mtsl_jax import data, ledger, models, optimizers, split_state
 from mtsl_jax.algorithms import local_training
 from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.base import take_clients
 from mtsl_jax.algorithms.base import task_setup
 
 
@@ -70,7 +71,8 @@ def build(config, federation: data.Federation) -> Algorithm:
   abstract = jax.eval_shape(init_state)
   return Algorithm(
       name="local", init_state=init_state, step=step,
-      logits=lambda state, x: jax.vmap(model.apply)(state.clients.params, x),
+      logits=lambda state, x, clients=None: jax.vmap(model.apply)(
+          take_clients(state.clients.params, clients), x),
       traffic=ledger.no_traffic(num_clients),
       param_counts={"model (each)": models.count_params(abstract.clients.params) // num_clients},
       num_classes_M=num_classes_M)

@@ -7,6 +7,7 @@ import optax
 
 from mtsl_jax import client_groups, cut_defences, data, ledger, models, optimizers, split
 from mtsl_jax.algorithms.base import Algorithm
+from mtsl_jax.algorithms.base import take_clients
 from mtsl_jax.algorithms.base import task_setup
 
 
@@ -90,5 +91,6 @@ def build(config, federation: data.Federation) -> Algorithm:
   return Algorithm(
       name="mtsl", init_state=init_state,
       step=split.make_train_step(ctx, data.sample_batches),
-      logits=lambda state, x: ctx.split.logits(state.server.params, state.clients.params, x),
+      logits=lambda state, x, clients=None: ctx.split.logits(
+          state.server.params, take_clients(state.clients.params, clients), x),
       traffic=traffic, param_counts=param_counts, num_classes_M=num_classes_M)

@@ -227,8 +227,8 @@ def _build(config, federation: data.Federation, version: int) -> Algorithm:
       num_clients, sampled, weights_M, local_work, aggregate,
       sample_key=lambda state: _round_key(state, _SAMPLE_STREAM))
 
-  def logits(state, x):
-    # The one global client-side model serves every task.
+  def logits(state, x, clients=None):
+    # The one global client-side model serves every task, whichever clients these are.
     clients = optax.tree.batch_shape(state.client_params, (x.shape[0],))
     return model.logits(state.server.params, clients, x)
 

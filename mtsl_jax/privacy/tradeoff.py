@@ -291,11 +291,9 @@ def _accuracy(config, state, federation: data.Federation) -> float:
   key = (config.data.to_json(sort_keys=True), config.seed)
   _, algorithm = train.prepare_run(config, {key: federation})
   _, test = data.to_host(federation)
-  chunk = min(config.eval_batch_size, int(test.x.shape[1]))
-  x, y = evaluation.pad_examples(test.x, test.y, chunk)
-  evaluate = evaluation.make_evaluate(algorithm.logits,
-                                      jax.numpy.asarray(algorithm.num_classes_M), chunk)
-  raw = jax.device_get(evaluate(state, x, y, test.counts))
+  evaluate, _ = evaluation.evaluator(algorithm, jax.eval_shape(algorithm.init_state), test,
+                                     config.eval_batch_size)
+  raw = jax.device_get(evaluate(state))
   return evaluation.summarize(raw, federation.test_counts)["test/accuracy_mean"]
 
 
