@@ -10,9 +10,10 @@ examples of others), and a vmapped evaluation computes every client's rows up to
 largest client's count: padding that is computed and masked. `plan_layout` sorts the
 clients by test-set size and cuts them into a few groups (at most `MAX_GROUPS`), each
 padded only to its own largest client, chosen to minimise the rows computed; each group is
-evaluated with its own clients' models (`Algorithm.logits(state, x, clients)`). On the
-PFLlib-style MNIST partition (20 clients, 17,508 test examples, largest client 1,664)
-that cuts the rows computed from 33,280 to about 20,000. Chunks are sized so that one
+evaluated with its own clients' models (`Algorithm.logits(state, x, clients)`). On
+label-Dirichlet(0.1) splits of MNIST's 70,000 examples over 20 clients, a quarter of each
+client's for testing as PFLlib does (about 17,500 test examples; four draws), that cuts
+the rows computed from 46,560-52,320 to 19,938-21,680. Chunks are sized so that one
 chunk's activations stay within `EVAL_MEMORY_BYTES` (the model's activation bytes per
 example are counted from its trace, `activation_bytes_per_example`).
 
