@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from mtsl_jax import data, ledger, methods, models, optimizers, split_state
-from mtsl_jax.algorithms import federated, local_training
+from mtsl_jax.algorithms import epoch_lanes, federated, local_training
 from mtsl_jax.algorithms.base import Algorithm
 from mtsl_jax.algorithms.base import aggregation_weights
 from mtsl_jax.algorithms.base import task_setup
@@ -89,9 +89,21 @@ def build(config, federation: data.Federation) -> Algorithm:
     params_M, losses, accs = jax.vmap(train_client)(x, y, classes)
     return federated.ClientWork(uploads=params_M, kept=(), losses=losses, accuracies=accs)
 
+  # Unequal clients' epochs packed onto lanes when that computes fewer client steps.
+  lanes = epoch_lanes.plan_lanes(local_training.epoch_steps(
+      federation.train_counts, config.batch_size, epochs)) if epochs else None
+
   def epoch_work(state, train_data):
-    """Every client: its local epochs from the global model, its extra steps masked."""
+    """Every client: its local epochs from the global model (on lanes, or in lock-step
+    with its extra steps masked)."""
     plan = federated.round_epochs(state, train_data, local_steps, config.batch_size, epochs)
+    if lanes is not None:
+      loss_fn = lambda p, b, mask, m: local_training.client_loss(
+          model.apply(p, b[0]), b[1], classes[m], example_mask_B=mask)
+      params_M, losses, accs = epoch_lanes.lane_epoch_sgd(
+          loss_fn, state.server.params, client_tx, (train_data.x, train_data.y), plan, lanes)
+      return federated.ClientWork(uploads=params_M, kept=(), losses=losses, accuracies=accs,
+                                  step_mask=plan.step_mask)
 
     def train_client(x_m, y_m, plan_m, k_m):
       loss_fn = lambda p, b, mask: local_training.client_loss(model.apply(p, b[0]), b[1], k_m,

@@ -25,7 +25,9 @@ Local work comes in one of two forms: K = `config.fl.local_steps` minibatches pe
 drawn with replacement (`draw_round_batches`), or, with `config.fl.local_epochs` = E > 0,
 E passes over each client's own examples without replacement (`round_epochs`), every
 client running the largest client's step count K with its own steps beyond ceil(n_m / B)
-x E masked (`local_training.EpochPlan`).
+x E masked (`local_training.EpochPlan`). FedAvg packs unequal clients' epochs onto fewer
+lanes instead (`epoch_lanes`), computing no masked steps; FedRep, FedEM and SplitFed,
+whose rounds have more structure, still run them in lock-step.
 """
 
 from typing import Any, Callable, NamedTuple
