@@ -70,23 +70,25 @@ def test_activation_bytes_count_the_forward_values_of_one_example():
   assert got == 4 * (2 * 3 * 8 + 2 * C) == 232
 
 
-def _federation(test_counts, seed):
+def _federation(test_counts, seed, shape=(D,)):
   rng = np.random.default_rng(seed)
-  xs = tuple(rng.normal(size=(n, D)).astype(np.float32) for n in test_counts)
+  xs = tuple(rng.normal(size=(n, *shape)).astype(np.float32) for n in test_counts)
   ys = tuple(rng.integers(0, C, size=n).astype(np.int32) for n in test_counts)
-  train_x = tuple(rng.normal(size=(4, D)).astype(np.float32) for _ in test_counts)
+  train_x = tuple(rng.normal(size=(4, *shape)).astype(np.float32) for _ in test_counts)
   train_y = tuple(rng.integers(0, C, size=4).astype(np.int32) for _ in test_counts)
   return data.Federation(train_x=train_x, train_y=train_y, test_x=xs, test_y=ys,
                          num_classes=np.full(len(test_counts), C, np.int32),
-                         input_shape=(D,), description="random, unequal test sets")
+                         input_shape=shape, description="random, unequal test sets")
 
 
-def _config(algorithm, num_clients):
+def _config(algorithm, num_clients, model="mlp"):
   c = config_base.base_config()
   c.algorithm = algorithm
   c.data.num_clients = num_clients
-  c.model.name = "mlp"
+  c.model.name = model
   c.model.hidden_sizes = (8, 8)
+  c.model.cnn_features = (2, 3)
+  c.model.cnn_dense = 4
   c.batch_size = 2
   c.fl.local_steps = 1
   return c
@@ -106,12 +108,16 @@ def _reference(algorithm, state, federation):
   return np.array(correct), np.array(loss_sum)
 
 
-@pytest.mark.parametrize("name", ["mtsl", "local", "fedavg", "fedrep", "fedem",
-                                  "splitfed_v2", "centralized"])
-def test_grouped_evaluation_equals_the_padded_reference(name):
+@pytest.mark.parametrize("name,model", [
+    ("mtsl", "mlp"), ("local", "mlp"), ("fedavg", "mlp"), ("fedrep", "mlp"), ("fedem", "mlp"),
+    ("splitfed_v2", "mlp"), ("centralized", "mlp"),
+    # CNNs: evaluation's forward-only convolutions (shared kernels: XLA's; per-client
+    # kernels: patches) against training's patches in the reference.
+    ("mtsl", "cnn"), ("local", "cnn"), ("fedavg", "cnn")])
+def test_grouped_evaluation_equals_the_padded_reference(name, model):
   counts = [40, 3, 17, 1, 38, 5]
-  federation = _federation(counts, seed=1)
-  algorithm = algorithms.build_algorithm(_config(name, len(counts)), federation)
+  federation = _federation(counts, seed=1, shape=(8, 8, 1) if model == "cnn" else (D,))
+  algorithm = algorithms.build_algorithm(_config(name, len(counts), model), federation)
   state = jax.jit(algorithm.init_state)()
   _, test = data.to_host(federation)
   evaluate, layout = evaluation.evaluator(algorithm, jax.eval_shape(algorithm.init_state),

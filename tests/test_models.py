@@ -66,6 +66,46 @@ def test_auto_conv_impl_picks_patches_on_cpu():
   assert models.resolve_conv_impl("xla") == "xla"
 
 
+def _primitives(fn, *args) -> set[str]:
+  """Every primitive of fn's jaxpr, sub-jaxprs included."""
+  from jax.extend import core as jax_core  # pylint: disable=import-outside-toplevel
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      yield eqn.primitive.name
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        yield from walk(sub)
+
+  return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_forward_only_convolutions_pick_xla_for_shared_kernels_patches_for_vmapped(padding):
+  """Inside `forward_only`, 'auto' on the CPU: a kernel shared by the (vmapped) batch runs
+  XLA's convolution on the folded batch, per-client kernels the patches product; nested
+  vmaps (replicas of clients) too; the values are lax.conv's."""
+  conv = models.Conv2D(6, (5, 5), padding=padding)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 12, 12, 4))
+  params = jax.vmap(lambda k: conv.init(k, x[0]))(jax.random.split(jax.random.PRNGKey(1), 3))
+  shared = jax.tree.map(lambda p: p[0], params)
+  reference = models.Conv2D(6, (5, 5), padding=padding, impl="xla")
+  with models.forward_only():
+    per_client = lambda: jax.vmap(conv.apply)(params, x)
+    one_kernel = lambda: jax.vmap(lambda xm: conv.apply(shared, xm))(x)
+    nested = lambda: jax.vmap(jax.vmap(conv.apply))(
+        jax.tree.map(lambda p: jnp.stack([p, p]), params), jnp.stack([x, x]))
+    assert "conv_general_dilated" not in _primitives(per_client)
+    assert "conv_general_dilated" in _primitives(one_kernel)
+    np.testing.assert_allclose(per_client(), jax.vmap(reference.apply)(params, x),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one_kernel(), reference.apply(shared, x.reshape(6, 12, 12, 4))
+                               .reshape(3, 2, *one_kernel().shape[2:]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(nested()[1], per_client(), rtol=1e-5, atol=1e-5)
+  # Outside it, training's formulation: patches.
+  assert "conv_general_dilated" not in _primitives(
+      lambda: jax.vmap(lambda xm: conv.apply(shared, xm))(x))
+
+
 def test_the_valid_cnn_is_the_fedavg_cnn_of_peer_libraries():
   """conv5x5-32, pool, conv5x5-64, pool, dense 1024->512, dense 10, no padding: 582,026
   parameters on MNIST (PFLlib's and LEAF's FedAvgCNN), where 'same' padding gives 1.66M."""
