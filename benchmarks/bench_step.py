@@ -19,7 +19,9 @@ load changes hit every column alike):
 
 Reported per row: client samples/s and steps/s of each, the ratios vmapped / jax loop and
 vmapped / torch loop, the vmapped compile time, its achieved FLOP/s (XLA's cost analysis
-of one step over its time) against a dense 2048² f32 matmul timed in the same process,
+of one step over its time) against a dense 2048² f32 matmul timed in the same process
+(the MLP's also against its roofline, `roofline.py`: min(matmul FLOP/s, STREAM triad
+bandwidth x the step's hand-counted FLOPs per byte), both measured in the row's process),
 XLA's memory analysis of the runner (arguments + temporaries) and the process's peak RSS.
 Every row runs in its own subprocess, so its peak RSS is its own.
 
@@ -50,9 +52,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from mtsl_jax import algorithms, config_base, data, loop, models, sharding, split_gradients
 from mtsl_jax import split_model, task_losses
 
+import roofline  # benchmarks/ is on sys.path when this file runs as a script
+
 try:
   import torch
-  import torch_split  # benchmarks/ is on sys.path when this file runs as a script
+  import torch_split
 except ImportError:  # torch is a benchmark-only, optional dependency
   torch = None
 
@@ -369,6 +373,8 @@ def measure_row(model: str, num_clients: int, conv_impl: str, devices: int, args
              batch=args.batch, examples_per_client=examples_per_client(num_clients),
              vmapped_steps_per_call=steps, loop_steps_per_call=loop_steps,
              matmul_flops=matmul_flops_per_second())
+  if model == "mlp":  # the MLP's roofline (roofline.py): memory bandwidth, measured here too
+    row["stream_triad_bytes_per_s"] = roofline.stream_bandwidth()["triad"]
   vmapped = VmappedRunner(config, federation, steps, args.memory_margin_gib)
   row.update(compile_s=vmapped.compile_s, xla_flops_per_step=vmapped.flops,
              flops_per_step=model_flops_per_example(config.model) * num_clients * args.batch,
@@ -402,6 +408,11 @@ def measure_row(model: str, num_clients: int, conv_impl: str, devices: int, args
     row[f"{name}_samples_per_s"] = samples / step_s
   row["gflops"] = row["flops_per_step"] / row["vmapped_s_per_step"] / 1e9
   row["matmul_fraction"] = row["gflops"] * 1e9 / row["matmul_flops"]
+  if model == "mlp":
+    row["roofline_flops"] = roofline.roofline_flops(
+        row["matmul_flops"], row["stream_triad_bytes_per_s"], row["flops_per_step"],
+        roofline.mtsl_mlp_step_bytes(num_clients, args.batch))
+    row["roofline_fraction"] = row["gflops"] * 1e9 / row["roofline_flops"]
   for name in ("jax_loop", "torch_loop"):
     if name in seconds:
       row[f"vmapped_over_{name}"] = row[f"{name}_s_per_step"] / row["vmapped_s_per_step"]
@@ -575,7 +586,8 @@ def format_row(row: dict) -> str:
           f"**{_fmt(row, 'vmapped_over_jax_loop', '.2f', 'x')}** | "
           f"**{_fmt(row, 'vmapped_over_torch_loop', '.2f', 'x')}** | "
           f"{row['gflops']:.1f} ({100 * row['matmul_fraction']:.0f}% of "
-          f"{row['matmul_flops'] / 1e9:.0f}) | {row['compile_s']:.1f} | "
+          f"{row['matmul_flops'] / 1e9:.0f}) | "
+          f"{_fmt(row, 'roofline_fraction', '.0%')} | {row['compile_s']:.1f} | "
           f"{_fmt(row, 'fedavg_samples_per_s', ',.0f')} | {row['xla_memory_gib']:.2f} | "
           f"{row.get('peak_device_gib', row['peak_rss_gib']):.2f} |")
 
@@ -583,9 +595,9 @@ def format_row(row: dict) -> str:
 TABLE_HEADER = (
     "| model | M | conv, devices | vmapped samples/s | vmapped steps/s | jax loop samples/s | "
     "torch loop samples/s | vmapped / jax loop | vmapped / torch loop | "
-    "vmapped GFLOP/s (% of matmul GFLOP/s) | compile s | fedavg samples/s | "
-    "XLA args+temp GiB | peak GiB (RSS; GPU: device) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    "vmapped GFLOP/s (% of matmul GFLOP/s) | % of roofline (MLP) | compile s | "
+    "fedavg samples/s | XLA args+temp GiB | peak GiB (RSS; GPU: device) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def markdown(results: dict) -> str:

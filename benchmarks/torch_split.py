@@ -29,14 +29,14 @@ import torch
 from torch import nn
 
 
-def _conv_block(in_channels: int, features: int) -> nn.Sequential:
-  """5x5 'SAME' convolution, ReLU, 2x2 max-pool: `models.ConvPoolBlock`."""
-  return nn.Sequential(nn.Conv2d(in_channels, features, 5, padding=2), nn.ReLU(),
-                       nn.MaxPool2d(2))
+def _conv_block(in_channels: int, features: int, padding: str = "same") -> nn.Sequential:
+  """5x5 convolution ('same' or 'valid'), ReLU, 2x2 max-pool: `models.ConvPoolBlock`."""
+  return nn.Sequential(nn.Conv2d(in_channels, features, 5, padding=2 if padding == "same" else 0),
+                       nn.ReLU(), nn.MaxPool2d(2))
 
 
 def make_parts(model: str, hidden_sizes=(200, 200), cnn_features=(32, 64), cnn_dense=512,
-               num_classes: int = 10, input_shape=(28, 28, 1)):
+               num_classes: int = 10, input_shape=(28, 28, 1), padding: str = "same"):
   """Factories of the U-shaped cut of `model`: one block per client side, the rest served.
 
   Args:
@@ -46,6 +46,8 @@ def make_parts(model: str, hidden_sizes=(200, 200), cnn_features=(32, 64), cnn_d
     cnn_dense: the CNN's dense width.
     num_classes: head size.
     input_shape: one example, HWC.
+    padding: the CNN's convolutions, 'same' or 'valid' (the unpadded FedAvg CNN of
+      PFLlib: 28 -> 24 -> 12 -> 8 -> 4, `config.model.padding`).
 
   Returns:
     (make_bottom, make_server, make_top): functions returning fresh modules. Inputs are
@@ -67,13 +69,16 @@ def make_parts(model: str, hidden_sizes=(200, 200), cnn_features=(32, 64), cnn_d
       return nn.Linear(hidden_sizes[-1], num_classes)
   elif model == "cnn":
     def make_bottom():
-      return _conv_block(c, cnn_features[0])
+      return _conv_block(c, cnn_features[0], padding)
 
     def make_server():
-      layers = [_conv_block(a, b) for a, b in zip(cnn_features[:-1], cnn_features[1:])]
-      side = (h // 2 ** len(cnn_features)) * (w // 2 ** len(cnn_features))
+      layers = [_conv_block(a, b, padding)
+                for a, b in zip(cnn_features[:-1], cnn_features[1:])]
+      hh, ww = h, w
+      for _ in cnn_features:  # as `models.conv_pool_side`
+        hh, ww = [(s if padding == "same" else s - 4) // 2 for s in (hh, ww)]
       return nn.Sequential(*layers, nn.Flatten(),
-                           nn.Linear(side * cnn_features[-1], cnn_dense), nn.ReLU())
+                           nn.Linear(hh * ww * cnn_features[-1], cnn_dense), nn.ReLU())
 
     def make_top():
       return nn.Linear(cnn_dense, num_classes)
@@ -117,16 +122,8 @@ class TorchMTSL:
     losses = []
     for m, (x, y) in enumerate(batches):
       self.client_opts[m].zero_grad(set_to_none=True)
-      smashed = self.bottoms[m](x)
-      smashed_up = smashed.detach().requires_grad_()         # uplink: smashed data
-      h = self.server(smashed_up)
-      h_down = h.detach().requires_grad_()                   # downlink: server output
-      loss = nn.functional.cross_entropy(self.tops[m](h_down), y)
-      loss.backward()                                        # top grads, cut grad at h
-      h.backward(h_down.grad)                                # server grads (summed), cut grad
-      smashed.backward(smashed_up.grad)                      # bottom grads
+      losses.append(split_backward(self.bottoms[m], self.server, self.tops[m], x, y))
       self.client_opts[m].step()
-      losses.append(loss.detach())
     # Uniform task weights: Σ_m w_m ∇_φ f_m is the accumulated sum times 1/M.
     for p in self.server.parameters():
       p.grad.mul_(self.weight)
@@ -136,52 +133,74 @@ class TorchMTSL:
     return torch.stack(losses).tolist()
 
 
-def load_jax_params(sim: TorchMTSL, server_params, client_params) -> None:
-  """Copies the library's parameters (φ, stacked ψ) into `sim`, for the equality check.
+def split_backward(bottom: nn.Module, server: nn.Module, top: nn.Module, x: torch.Tensor,
+                   y: torch.Tensor) -> torch.Tensor:
+  """One client's forward and backward through the cut, messages passed by hand.
+
+  Adds the gradients of the client's mean cross-entropy to the `.grad` of all three
+  modules (the server's accumulate over the clients that call this before it steps).
+
+  Args:
+    bottom, server, top: the client bottom, the server part and the client top.
+    x: inputs [B, C, H, W].
+    y: int64 labels [B].
+
+  Returns:
+    The loss (detached, on the modules' device).
+  """
+  smashed = bottom(x)
+  smashed_up = smashed.detach().requires_grad_()         # uplink: smashed data
+  h = server(smashed_up)
+  h_down = h.detach().requires_grad_()                   # downlink: server output
+  loss = nn.functional.cross_entropy(top(h_down), y)
+  loss.backward()                                        # top grads, cut grad at h
+  h.backward(h_down.grad)                                # server grads, cut grad at smashed
+  smashed.backward(smashed_up.grad)                      # bottom grads
+  return loss.detach()
+
+
+def load_stack(module: nn.Module, tree) -> None:
+  """Copies one `models.BlockStack`'s parameters into the torch `module` (same layers).
 
   Flax kernels are [in, out] (convolutions [kh, kw, in, out]) and the CNN flattens HWC;
   torch weights are [out, in] ([out, in, kh, kw]) and flatten CHW, so the dense layer
   after the last convolution has its input rows reordered.
 
   Args:
-    sim: the PyTorch model to overwrite.
-    server_params: φ as `split_model.init_params` returns it.
-    client_params: stacked ψ, {'bottom': ..., 'top': ...} with leading axis M.
+    module: the torch module; its Linear and Conv2d layers, in order, match the stack's.
+    tree: the stack's parameters, {'params': {'blocks_0': ..., ...}}.
   """
-  def flax_layers(tree):
-    """The layer dicts ({'kernel', 'bias'}) of a BlockStack's parameters, in order."""
-    blocks = tree["params"]
-    return [layer for b in sorted(blocks, key=lambda n: int(n.rsplit("_", 1)[1]))
-            for _, layer in sorted(blocks[b].items())]
-
-  def torch_layers(module):
-    return [l for l in module.modules() if isinstance(l, (nn.Linear, nn.Conv2d))]
-
-  def copy(dst, src, chw_from=None):
+  blocks = tree["params"]
+  flax_layers = [layer for b in sorted(blocks, key=lambda n: int(n.rsplit("_", 1)[1]))
+                 for _, layer in sorted(blocks[b].items())]
+  torch_layers = [l for l in module.modules() if isinstance(l, (nn.Linear, nn.Conv2d))]
+  for i, (dst, src) in enumerate(zip(torch_layers, flax_layers)):
     kernel = np.asarray(src["kernel"])
     if kernel.ndim == 4:
       kernel = kernel.transpose(3, 2, 0, 1)
     else:
-      if chw_from is not None:  # rows are (h, w, c) in flax, (c, h, w) in torch
-        hh, ww, cc = chw_from
-        kernel = kernel.reshape(hh, ww, cc, -1).transpose(2, 0, 1, 3).reshape(hh * ww * cc, -1)
+      prev = torch_layers[i - 1] if i else None
+      if isinstance(prev, nn.Conv2d):  # rows are (h, w, c) in flax, (c, h, w) in torch
+        cc = prev.out_channels
+        side = int(round((dst.in_features // cc) ** 0.5))
+        kernel = kernel.reshape(side, side, cc, -1).transpose(2, 0, 1, 3).reshape(
+            side * side * cc, -1)
       kernel = kernel.T
     with torch.no_grad():
       dst.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
       dst.bias.copy_(torch.from_numpy(np.array(src["bias"])))
 
-  def copy_part(module, tree):
-    pairs = list(zip(torch_layers(module), flax_layers(tree)))
-    for i, (dst, src) in enumerate(pairs):
-      prev = pairs[i - 1][0] if i else None
-      chw = None
-      if isinstance(dst, nn.Linear) and isinstance(prev, nn.Conv2d):
-        side = int(round((dst.in_features // prev.out_channels) ** 0.5))
-        chw = (side, side, prev.out_channels)
-      copy(dst, src, chw)
 
-  copy_part(sim.server, server_params)
+def load_jax_params(sim: TorchMTSL, server_params, client_params) -> None:
+  """Copies the library's parameters (φ, stacked ψ) into `sim`, for the equality check.
+
+  Args:
+    sim: the PyTorch model to overwrite.
+    server_params: φ as `split_model.init_params` returns it.
+    client_params: stacked ψ, {'bottom': ..., 'top': ...} with leading axis M.
+  """
+  load_stack(sim.server, server_params)
   for m, (bottom, top) in enumerate(zip(sim.bottoms, sim.tops)):
     own = jax.tree.map(lambda a, m=m: np.asarray(a)[m], client_params)
-    copy_part(bottom, own["bottom"])
-    copy_part(top, own["top"])
+    load_stack(bottom, own["bottom"])
+    load_stack(top, own["top"])
