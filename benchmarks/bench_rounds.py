@@ -37,6 +37,7 @@ library's seconds per call and compile time, and computed / real examples.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -45,14 +46,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
 from configs import pfllib_mnist
 from mtsl_jax import algorithms, data, evaluation, loop
-from mtsl_jax.algorithms import federated, local_training, splitfed
+from mtsl_jax.algorithms import epoch_lanes, federated, local_training, splitfed
 from mtsl_jax.data import partition
 
 import bench_step  # benchmarks/ is on sys.path when this file runs as a script
@@ -143,23 +143,41 @@ def waste_factor(train_counts, batch: int, epochs: int = 1) -> float:
   return float(len(k) * k.max() / k.sum())
 
 
-def library_evaluation(algorithm, federation: data.Federation, eval_batch_size: int):
-  """The library's evaluation as train.py sets it up (`_place`, `_train_locked`).
+def library_evaluation(algorithm, federation: data.Federation, eval_batch_size: int,
+                       before: bool = False):
+  """The library's evaluation as train.py sets it up (`_place`: `evaluation.evaluator`).
 
   Args:
     algorithm: the built Algorithm (its `logits` and label spaces).
     federation: the clients' data.
     eval_batch_size: `config.eval_batch_size`, examples per client per chunk.
+    before: the evaluation before issue #18 instead: every client padded to the largest,
+      chunks of `eval_batch_size` (build `algorithm` with `conv_impl='patches'` for its
+      convolutions of then).
 
   Returns:
-    (jitted evaluate, its (test_x, test_y, test_counts) on the device, chunk).
+    (`evaluate(state) -> raw sums`, its EvalLayout).
   """
   _, test_np = data.to_host(federation)
-  chunk = min(eval_batch_size, int(test_np.x.shape[1]))
-  test_x, test_y = evaluation.pad_examples(test_np.x, test_np.y, chunk)
-  test = jax.device_put((test_x, test_y, test_np.counts))
-  return (evaluation.make_evaluate(algorithm.logits, jnp.asarray(algorithm.num_classes_M),
-                                   chunk), test, chunk)
+  if not before:
+    return evaluation.evaluator(algorithm, jax.eval_shape(algorithm.init_state), test_np,
+                                eval_batch_size)
+  layout = evaluation.plan_layout(test_np.counts, eval_batch_size, group=False)
+  test = jax.device_put(evaluation.arrange(np.asarray(test_np.x), test_np.y, test_np.counts,
+                                           layout))
+  evaluate = evaluation.make_evaluate(algorithm.logits, algorithm.num_classes_M, layout)
+  return (lambda state: evaluate(state, test)), layout
+
+
+@contextlib.contextmanager
+def _lanes_off():
+  """Algorithms built inside run local epochs in lock-step (the library before #18)."""
+  plan_lanes = epoch_lanes.plan_lanes
+  epoch_lanes.plan_lanes = lambda *args, **kwargs: None
+  try:
+    yield
+  finally:
+    epoch_lanes.plan_lanes = plan_lanes
 
 
 def _torch_device() -> str:
@@ -176,9 +194,10 @@ def _timed(row: dict, fns: dict, samples: dict, repeats: int) -> dict:
   for name, sec in seconds.items():
     row[f"{name}_s"] = sec
     row[f"{name}_samples_per_s"] = samples[name] / sec
-  if "torch" in seconds:
-    row["library_over_torch"] = seconds["torch"] / seconds["library"] * (
-        samples["library"] / samples["torch"])
+  for other in ("torch", "before"):
+    if other in seconds:
+      row[f"library_over_{other}"] = seconds[other] / seconds["library"] * (
+          samples["library"] / samples[other])
   return row
 
 
@@ -188,15 +207,25 @@ def measure_round(args) -> dict:
   federation = random_federation(train_counts, test_counts, args.seed)
   config = make_config("fedavg", args.clients, args.batch, local_epochs=1)
   library = bench_step.VmappedRunner(config, federation, 1, args.memory_margin_gib)
+  # Before issue #18: every client in lock-step over the largest client's steps.
+  with _lanes_off():
+    lockstep = bench_step.VmappedRunner(config, federation, 1, args.memory_margin_gib)
   k = local_training.epoch_steps(train_counts, args.batch, 1)
+  lanes = epoch_lanes.plan_lanes(k)
+  computed = (lanes.num_lanes * lanes.num_steps if lanes else args.clients * k.max())
   real = int(train_counts.sum())
   row = dict(row="pfllib_round", clients=args.clients, batch=args.batch,
              train_counts=train_counts.tolist(), test_counts=test_counts.tolist(),
              steps_per_client=k.tolist(), max_steps=int(k.max()), real_examples=real,
-             computed_examples=int(args.clients * k.max() * args.batch),
-             waste_factor=waste_factor(train_counts, args.batch), unit="round",
+             lanes=lanes.num_lanes if lanes else None,
+             lane_steps=lanes.num_steps if lanes else None,
+             computed_examples=int(computed * args.batch),
+             waste_factor=float(computed / k.sum()),
+             before_computed_examples=int(args.clients * k.max() * args.batch),
+             unit="round",
              compile_s=library.compile_s, xla_memory_gib=library.memory_gib)
-  fns, samples = {"library": library}, {"library": real, "torch": real}
+  fns, samples = ({"library": library, "before": lockstep},
+                  {"library": real, "before": real, "torch": real})
   if torch is not None:
     device = _torch_device()
     sim = torch_fl.TorchFedAvg(args.clients, config.client_optimizer.learning_rate, device)
@@ -215,23 +244,34 @@ def measure_eval(args) -> dict:
   config = make_config("fedavg", args.clients, args.batch, local_epochs=1)
   algorithm = algorithms.build_algorithm(config, federation)
   state = jax.jit(algorithm.init_state)()
-  evaluate, test, chunk = library_evaluation(algorithm, federation, config.eval_batch_size)
+  evaluate, layout = library_evaluation(algorithm, federation, config.eval_batch_size)
   t0 = time.perf_counter()  # 'compile s' here: the compilation and one evaluation
-  jax.block_until_ready(evaluate(state, *test))
+  jax.block_until_ready(evaluate(state))
+  compile_s = time.perf_counter() - t0
+  config.model.conv_impl = "patches"  # the CPU's formulation before issue #18
+  old = algorithms.build_algorithm(config, federation)
+  evaluate_before, before = library_evaluation(old, federation, config.eval_batch_size,
+                                               before=True)
+  jax.block_until_ready(evaluate_before(state))
   real = int(test_counts.sum())
-  row = dict(row="pfllib_eval", clients=args.clients, batch=chunk,
+  row = dict(row="pfllib_eval", clients=args.clients,
+             groups=[[len(g.clients or ()) or args.clients, g.length, g.chunk]
+                     for g in layout.groups],
              test_counts=test_counts.tolist(), real_examples=real,
-             computed_examples=int(test[0].shape[0] * test[0].shape[1]),
-             waste_factor=test[0].shape[0] * test[0].shape[1] / real, unit="evaluation",
-             compile_s=time.perf_counter() - t0)
-  fns = {"library": lambda: jax.block_until_ready(evaluate(state, *test))}
+             computed_examples=layout.computed_rows,
+             waste_factor=layout.computed_rows / real,
+             before_computed_examples=before.computed_rows, unit="evaluation",
+             compile_s=compile_s)
+  chunk = config.eval_batch_size
+  fns = {"library": lambda: jax.block_until_ready(evaluate(state)),
+         "before": lambda: jax.block_until_ready(evaluate_before(state))}
   if torch is not None:
     device = _torch_device()
     model = torch_fl.make_model().to(device)
     tests = torch_fl.client_tensors(federation.test_x, federation.test_y, device)
     fns["torch"] = lambda: torch_fl.evaluate(model, tests, chunk)
     fns["torch"]()
-  return _timed(row, fns, {"library": real, "torch": real}, args.repeats)
+  return _timed(row, fns, {"library": real, "before": real, "torch": real}, args.repeats)
 
 
 def measure_steps(algorithm: str, batch: int, args) -> dict:
@@ -343,8 +383,9 @@ def check_round(federation: data.Federation, batch: int) -> dict:
                              "losses": float(np.abs(np.asarray(losses) - want_losses).max()),
                              "update": _change(state1.server.params, state0.server.params)}}
   # The evaluation of the initial model, both ways.
-  evaluate, test, chunk = library_evaluation(algorithm, federation, config.eval_batch_size)
-  raw = jax.device_get(evaluate(state0, *test))
+  evaluate, _ = library_evaluation(algorithm, federation, config.eval_batch_size)
+  raw = jax.device_get(evaluate(state0))
+  chunk = config.eval_batch_size
   model = torch_fl.make_model()
   torch_split.load_stack(model, state0.server.params)
   correct, loss_sum = torch_fl.evaluate(
@@ -497,22 +538,27 @@ def federation_line(fed: dict) -> str:
 
 
 TABLE_HEADER = (
-    "| row | library samples/s | torch samples/s | library / torch | library s per "
-    "round (step, evaluation) | computed / real examples | library compile s |\n"
-    "|---|---|---|---|---|---|---|")
+    "| row | library samples/s | torch samples/s | library / torch | before #18 samples/s "
+    "| library / before | library s per round (step, evaluation) | computed / real examples "
+    "(before) | library compile s |\n"
+    "|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(row: dict) -> str:
   """One markdown table row (see TABLE_HEADER)."""
   if "error" in row:
-    return f"| {row['row']} | failed: {row['error']} | | | | | |"
+    return f"| {row['row']} | failed: {row['error']} | | | | | | | |"
   fmt = lambda key, spec, suffix="": ("–" if row.get(key) is None
                                       else f"{row[key]:{spec}}{suffix}")
+  before = row.get("before_computed_examples")
+  before_text = f"; before {before:,.0f}" if before else ""
   return (f"| {row['row']} | {fmt('library_samples_per_s', ',.0f')} | "
           f"{fmt('torch_samples_per_s', ',.0f')} | "
           f"**{fmt('library_over_torch', '.2f', 'x')}** | "
+          f"{fmt('before_samples_per_s', ',.0f')} | {fmt('library_over_before', '.2f', 'x')} | "
           f"{row['library_s_per_unit']:.3f} ({row['unit']}) | {row['computed_examples']:,} / "
-          f"{row['real_examples']:,} ({row['waste_factor']:.2f}x) | {row['compile_s']:.1f} |")
+          f"{row['real_examples']:,} ({row['waste_factor']:.2f}x{before_text}) | "
+          f"{row['compile_s']:.1f} |")
 
 
 def markdown(results: dict) -> str:
