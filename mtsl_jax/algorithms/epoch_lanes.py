@@ -168,9 +168,13 @@ def lane_epoch_sgd(loss_fn: Callable, params: PyTree, tx: optax.GradientTransfor
   def one_step(carry, at):
     lanes, opt_states, uploads, losses, accs = carry
     client, step, active, first, last = at
-    restart = jax.vmap(lambda f, p: local_training.keep_if(f, params, p))
-    lanes, opt_states = restart(first, lanes), jax.vmap(
-        lambda f, o: local_training.keep_if(f, fresh, o))(first, opt_states)
+    # A lane restarts from the global model at a client's first step: at a few of the
+    # round's steps only, so the select over every lane's model is skipped otherwise.
+    restart = jax.vmap(lambda f, new, old: local_training.keep_if(f, new, old),
+                       in_axes=(0, None, 0))
+    lanes, opt_states = jax.lax.cond(
+        jnp.any(first), lambda s: (restart(first, params, s[0]), restart(first, fresh, s[1])),
+        lambda s: s, (lanes, opt_states))
     lanes, opt_states, loss, acc = jax.vmap(lane_step)(lanes, opt_states, client, step, active)
     rows = jnp.where(active, client, num_clients)  # idle lanes write nowhere (dropped)
     losses = losses.at[rows, step].set(loss, mode="drop")
