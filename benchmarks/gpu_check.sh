@@ -6,13 +6,16 @@
 #      parameters and batches), and the README's main job (launch/train.py, default config).
 #   2. The benchmark: `bench_step.py` on the rows below, its JSON rewritten after every row
 #      so that a run cut short keeps what it measured; the row loop stops starting rows after
-#      BUDGET seconds, so the whole script ends in about BUDGET + 2 minutes.
+#      BUDGET seconds.
+#   3. PFLlib's MNIST setting (`bench_rounds.py`): its --check at full f32 precision, then
+#      its rows for at most BUDGET / 2 seconds (JSON after every row). The whole script
+#      ends in about 1.5 x BUDGET + 4 minutes.
 #
 # Usage (repository root; needs jax with CUDA, flax, optax, ml-collections and, for the
 # PyTorch column, torch with CUDA):
 #   bash benchmarks/gpu_check.sh [BUDGET seconds, default 300]
-# Output: OUT (default ./gpu_out): gpu.txt, check.txt, train.txt, results_gpu.json and
-# bench.txt. `python benchmarks/bench_step.py --from_json OUT/results_gpu.json` prints the
+# Output: OUT (default ./gpu_out): gpu.txt, check.txt, train.txt, results_gpu.json,
+# bench.txt, rounds_check.txt, results_rounds_gpu.json and rounds.txt. `python benchmarks/bench_step.py --from_json OUT/results_gpu.json` prints the
 # tables.
 set -uo pipefail
 out=${OUT:-gpu_out}
@@ -39,3 +42,8 @@ rm -rf /tmp/gpu_check_train
 python3 benchmarks/bench_step.py --rows="$rows" --steps=40 --repeats=3 \
   --profile=mlp:100,cnn:100 --time_budget_s="$budget" --json "$out/results_gpu.json" \
   2>&1 | tee "$out/bench.txt"
+
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 180 python3 benchmarks/bench_rounds.py --check \
+  2>&1 | tail -15 | tee "$out/rounds_check.txt"
+timeout "$((budget / 2))" python3 benchmarks/bench_rounds.py \
+  --json "$out/results_rounds_gpu.json" 2>&1 | tee "$out/rounds.txt"
