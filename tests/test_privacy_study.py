@@ -76,3 +76,37 @@ def test_an_interrupted_row_resumes_at_its_first_unscored_window(tmp_path):
   third = tradeoff.run_row(results, scratch, "test", row, verbose=False)
   assert [r["accuracy"] for r in third] == [r["accuracy"] for r in first]
   assert [r["attacks"]["0"] for r in third] == [r["attacks"]["0"] for r in first]
+
+
+def test_defence_effects_are_paired_over_seeds_against_the_undefended_row():
+  """Hand-made records: u_shaped undefended and with cut-gradient noise, 3 seeds.
+
+  Accuracy 0.90, 0.91, 0.93 -> 0.85, 0.87, 0.88: per-seed changes -5, -4, -5 points,
+  mean -4.67, sd 0.577, t(2) half-width 4.303 x 0.577 / sqrt(3) = 1.43: 'fails' (a cost).
+  Label AUC 1.0, 0.99, 1.0 -> 0.6, 0.5, 0.55: reductions 0.40, 0.49, 0.45, mean 0.447:
+  'holds'. dCor equal on every seed: reduction exactly 0, 'not significant'. A seed without
+  its undefended twin is left out; 'bottom' has no label AUC reduction.
+  """
+  def rec(row, seed, acc, auc, dcor):
+    orientation, rest = row.split("/")
+    return {"profile": "cpu", "row": row, "seed": seed, "accuracy": acc,
+            "orientation": orientation, "defence": rest.split("=")[0],
+            "attacks": {"0": {"label_auc": 1.0, "input_dcor": 0.5},
+                        "292": {"label_auc": auc, "input_dcor": dcor}}}
+
+  base, noised = "u_shaped/none=0", "u_shaped/cut_grad_noise_std=0.01"
+  recs = [rec(base, s, a, u, 0.9) for s, a, u in ((0, 0.90, 1.0), (1, 0.91, 0.99),
+                                                  (2, 0.93, 1.0))]
+  recs += [rec(noised, s, a, u, 0.9) for s, a, u in ((0, 0.85, 0.6), (1, 0.87, 0.5),
+                                                     (2, 0.88, 0.55), (3, 0.5, 0.5))]
+  (effect,) = report.defence_effects(recs)
+  assert effect["row"] == tradeoff.Row("u_shaped", "cut_grad_noise_std", 0.01)
+  assert effect["n"] == 3
+  acc = effect["accuracy"].difference
+  assert abs(100 * acc.mean + 4.667) < 1e-3 and abs(100 * acc.half_width - 1.434) < 2e-3
+  assert report.statistics.verdict(effect["accuracy"]) == "fails"
+  auc = effect["reductions"]["label_auc"]
+  assert abs(auc.difference.mean - 0.44667) < 1e-4
+  assert report.statistics.verdict(auc) == "holds"
+  assert report.statistics.verdict(effect["reductions"]["input_dcor"]) == "not significant"
+  assert "recon_classifier_accuracy" not in effect["reductions"]  # not recorded
