@@ -213,7 +213,7 @@ def _sizes(jaxpr) -> int:
 
 
 def activation_bytes_per_example(logits_fn: Callable, abstract_state: PyTree,
-                                 example: jax.ShapeDtypeStruct) -> int:
+                                 example: jax.ShapeDtypeStruct, num_clients: int = 0) -> int:
   """Bytes of all values the forward pass computes per example (from its trace).
 
   The difference between the traces of one client's model on two examples and on one,
@@ -223,17 +223,23 @@ def activation_bytes_per_example(logits_fn: Callable, abstract_state: PyTree,
     logits_fn: `Algorithm.logits`.
     abstract_state: the state's shapes (`jax.eval_shape(algorithm.init_state)`).
     example: shape and dtype of one test example.
+    num_clients: 0 when `logits_fn` takes a subset of clients (one client is traced);
+      else M, and all M clients' models are traced at once (per example of each).
 
   Returns:
     Bytes per example (>= 0).
   """
+  # One client's model where the logits take a subset of clients; else all M at once.
+  clients = None if num_clients else jnp.zeros((1,), jnp.int32)
+  traced_clients = num_clients or 1
+
   def traced(rows):
-    x = jax.ShapeDtypeStruct((1, rows) + tuple(example.shape), example.dtype)
-    fn = lambda s, x: logits_fn(s, x, jnp.zeros((1,), jnp.int32))
+    x = jax.ShapeDtypeStruct((traced_clients, rows) + tuple(example.shape), example.dtype)
+    fn = lambda s, x: logits_fn(s, x, clients)
     with models.forward_only():  # as `make_evaluate` traces it
       return _sizes(jax.make_jaxpr(fn)(abstract_state, x).jaxpr)
 
-  return max(0, traced(2) - traced(1))
+  return max(0, traced(2) - traced(1)) // traced_clients
 
 
 def make_evaluate(logits_fn: Callable, num_classes_M, layout: EvalLayout) -> Callable:
@@ -289,16 +295,18 @@ def evaluator(algorithm, abstract_state: PyTree, test, eval_batch_size: int,
     abstract_state: its state's shapes.
     test: the federation's host test arrays (`data.to_host(federation)[1]`).
     eval_batch_size: `config.eval_batch_size`.
-    group: as `plan_layout`.
+    group: as `plan_layout` (all clients in one group anyway where the algorithm's
+      logits take no client subsets).
 
   Returns:
     (evaluate, layout): `evaluate(state)` returns `make_evaluate`'s dict (on the device).
   """
   x = np.asarray(test.x)
   example = jax.ShapeDtypeStruct(x.shape[2:], x.dtype)
-  layout = plan_layout(test.counts, eval_batch_size,
-                       activation_bytes_per_example(algorithm.logits, abstract_state, example),
-                       group=group)
+  subsets = algorithm.client_subsets
+  per_example = activation_bytes_per_example(algorithm.logits, abstract_state, example,
+                                             0 if subsets else x.shape[0])
+  layout = plan_layout(test.counts, eval_batch_size, per_example, group=group and subsets)
   data = jax.device_put(arrange(x, test.y, test.counts, layout))
   evaluate = make_evaluate(algorithm.logits, algorithm.num_classes_M, layout)
   return (lambda state: evaluate(state, data)), layout

@@ -344,11 +344,12 @@ def _place(plan: _Plan, mesh):
   train_np, test_np = data.to_host(plan.federations[0])
   algorithm = plan.algorithms[0]
   x = np.asarray(test_np.x)
+  subsets = algorithm.client_subsets
   per_example = evaluation.activation_bytes_per_example(
       algorithm.logits, jax.eval_shape(algorithm.init_state),
-      jax.ShapeDtypeStruct(x.shape[2:], x.dtype))
+      jax.ShapeDtypeStruct(x.shape[2:], x.dtype), 0 if subsets else x.shape[0])
   layout = evaluation.plan_layout(test_np.counts, plan.configs[0].eval_batch_size,
-                                  per_example, group=mesh is None)
+                                  per_example, group=mesh is None and subsets)
   test = evaluation.arrange(x, test_np.y, test_np.counts, layout)
   if mesh is not None:
     train, test = sharding.shard_clients((train_np, test), mesh)

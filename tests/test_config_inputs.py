@@ -303,7 +303,7 @@ LAUNCHES = [
     (["launch/server_map.py", "--settings=iid", "--results", "{tmp}/runs.jsonl"],
      "error: --settings: ['iid'] not in profile 'cpu'"),
     (["launch/privacy.py", "--profile=gpu", "--results", "{tmp}/runs.jsonl"],
-     "error: --profile: must be one of ['cpu', 'test'], got 'gpu'"),
+     "error: --profile: must be one of ['cpu', 'cpu_fashion_mnist', 'test'], got 'gpu'"),
     (["launch/server_map.py", "--phases=tune,plot", "--results", "{tmp}/runs.jsonl"],
      "error: --phases: unknown ['plot']; allowed: tune, map, ablations, report"),
 ]

@@ -27,6 +27,9 @@ class Algorithm:
     traffic: exact bytes per step per client.
     param_counts: parameter counts by side, for the start-of-run report.
     num_classes_M: label-space size per task.
+    client_subsets: whether `logits` takes a subset of the clients (`clients`); False
+      where the client parameters are not one stacked client axis (MTSL with client
+      width groups), which evaluation then runs on all clients at once.
   """
   name: str
   init_state: Callable[[], PyTree]
@@ -35,6 +38,7 @@ class Algorithm:
   traffic: ledger.StepTraffic
   param_counts: dict[str, int]
   num_classes_M: np.ndarray
+  client_subsets: bool = True
 
 
 def take_clients(tree: PyTree, clients: jax.Array | None) -> PyTree:

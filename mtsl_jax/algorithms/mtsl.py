@@ -88,9 +88,18 @@ def build(config, federation: data.Federation) -> Algorithm:
 
   param_counts = {"server": models.count_params(abstract.server.params),
                   **_client_param_counts(abstract.clients.params, num_clients)}
+  # Clients of different widths keep their parameters per width group (a tuple of
+  # stacks, not one client axis): their logits take all clients, in order.
+  stacked = not isinstance(ctx.split, client_groups.GroupedSplitModel)
+
+  def logits(state, x, clients=None):
+    if clients is not None and not stacked:
+      raise ValueError("MTSL with client width groups evaluates all clients at once")
+    return ctx.split.logits(state.server.params, take_clients(state.clients.params, clients),
+                            x)
+
   return Algorithm(
       name="mtsl", init_state=init_state,
-      step=split.make_train_step(ctx, data.sample_batches),
-      logits=lambda state, x, clients=None: ctx.split.logits(
-          state.server.params, take_clients(state.clients.params, clients), x),
-      traffic=traffic, param_counts=param_counts, num_classes_M=num_classes_M)
+      step=split.make_train_step(ctx, data.sample_batches), logits=logits,
+      traffic=traffic, param_counts=param_counts, num_classes_M=num_classes_M,
+      client_subsets=stacked)
