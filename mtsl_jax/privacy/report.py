@@ -184,6 +184,52 @@ def _paired_text(test, scale: float = 1.0, digits: int = 3) -> str:
           f"{fmt.num(scale * d.high, digits)}] {fmt.p_text(test.p)}")
 
 
+SCORE_NAMES = {"label_auc": "label-inference AUC",
+               "recon_classifier_accuracy": "a classifier's accuracy on reconstructed inputs",
+               "input_dcor": "dCor(inputs, smashed data)"}
+
+
+def readings(effects: list[dict]) -> list[str]:
+  """The trade-off in words: per profile, orientation, attack score and defence, the
+  weakest strength that lowers the score significantly, with its accuracy change; or
+  that no strength tried does.
+
+  Args:
+    effects: `defence_effects`' output.
+
+  Returns:
+    One markdown bullet per (profile, orientation, score, defence).
+  """
+  out = []
+  keys = dict.fromkeys((e["profile"], e["row"].orientation, e["row"].defence) for e in effects)
+  for profile, orientation, defence in keys:
+    mine = sorted((e for e in effects if (e["profile"], e["row"].orientation,
+                                          e["row"].defence) == (profile, orientation, defence)),
+                  key=lambda e: e["row"].strength)
+    for score in LEAK_SCORES[orientation]:
+      tried = [e for e in mine if score in e["reductions"]]
+      if not tried:
+        continue
+      what = f"{profile}, {orientation}, {defence}"
+      lowers = [e for e in tried if statistics.verdict(e["reductions"][score]) == "holds"]
+      if not lowers:
+        strengths = ", ".join(f"{e['row'].strength:g}" for e in tried)
+        out.append(f"- {what}: no strength tried ({strengths}) lowers "
+                   f"{SCORE_NAMES[score]} significantly.")
+        continue
+      e = lowers[0]
+      acc = statistics.verdict(e["accuracy"])
+      cost = {"fails": "a significant accuracy cost of",
+              "holds": "a significant accuracy gain of",
+              "not significant": "an accuracy change (not significant) of"}[acc]
+      reduction = e["reductions"][score]
+      out.append(f"- {what}: at strength {e['row'].strength:g} (the weakest tried that "
+                 f"does) it lowers {SCORE_NAMES[score]} by {reduction.difference.mean:.3f} "
+                 f"({fmt.p_text(reduction.p)}), with {cost} "
+                 f"{100 * e['accuracy'].difference.mean:+.1f} points.")
+  return out
+
+
 def _effects_table(effects: list[dict]) -> list[str]:
   lines = ["## What each defence buys, paired over seeds", "",
            "Each defended row against the undefended row of its orientation, seed by seed "
@@ -194,6 +240,9 @@ def _effects_table(effects: list[dict]) -> list[str]:
            "significantly; 'fails': it raises it significantly; on the accuracy, 'fails' "
            "is a significant cost. With 3 seeds only large effects can be significant.",
            ""]
+  if effects:
+    lines += ["In words (the weakest strength of each defence that lowers each score "
+              "significantly):", "", *readings(effects), ""]
   for profile in sorted({e["profile"] for e in effects}):
     lines += [f"### Profile {profile}", "",
               "| orientation | defence | strength | n | accuracy change (points) | "
