@@ -126,7 +126,8 @@ def _best_groups(sorted_counts: np.ndarray, max_groups: int) -> list[tuple[int, 
 
 
 def plan_layout(counts_M, eval_batch_size: int, bytes_per_example: int = 0, *,
-                group: bool = True, memory_bytes: int = EVAL_MEMORY_BYTES,
+                group: bool = True, bytes_per_client: int = 0,
+                memory_bytes: int = EVAL_MEMORY_BYTES,
                 max_groups: int = MAX_GROUPS, min_saving: float = MIN_SAVING) -> EvalLayout:
   """The evaluation layout of clients with `counts_M` test examples.
 
@@ -137,7 +138,10 @@ def plan_layout(counts_M, eval_batch_size: int, bytes_per_example: int = 0, *,
       0 leaves chunks at `eval_batch_size`.
     group: False evaluates all clients as one group in their own order (sharded and
       replicated runs).
-    memory_bytes: bound on one chunk's activations.
+    bytes_per_client: what a group's evaluation copies per client
+      (`gathered_bytes_per_client`): groups are used only if the largest group's copy
+      stays within `memory_bytes` (a million clients' models are not copied to save rows).
+    memory_bytes: bound on one chunk's activations, and on one group's copy.
     max_groups: most groups.
     min_saving: the fraction of computed rows groups must save to be used.
 
@@ -166,7 +170,8 @@ def plan_layout(counts_M, eval_batch_size: int, bytes_per_example: int = 0, *,
     groups.append(EvalGroup(tuple(int(c) for c in order[i:j]), length, chunk))
   computed = sum(len(g.clients) * g.length for g in groups)
   single = one_group()
-  if computed > (1 - min_saving) * single.computed_rows:
+  largest_copy = max(len(g.clients) for g in groups) * bytes_per_client
+  if computed > (1 - min_saving) * single.computed_rows or largest_copy > memory_bytes:
     return single
   return EvalLayout(m, tuple(groups), int(counts.sum()), computed)
 
@@ -242,6 +247,32 @@ def activation_bytes_per_example(logits_fn: Callable, abstract_state: PyTree,
   return max(0, traced(2) - traced(1)) // traced_clients
 
 
+def gathered_bytes_per_client(logits_fn: Callable, abstract_state: PyTree,
+                              example: jax.ShapeDtypeStruct) -> int:
+  """Bytes a group's evaluation copies per client: its share of the state `logits` gathers
+  (`Algorithm.logits(state, x, clients)`), and whatever else scales with the clients.
+
+  The difference between the traces of two clients' models and one client's, on one
+  example each, less that example's activations.
+
+  Args:
+    logits_fn: `Algorithm.logits` (one that takes client subsets).
+    abstract_state: the state's shapes.
+    example: shape and dtype of one test example.
+
+  Returns:
+    Bytes per client (>= 0).
+  """
+  def traced(clients):
+    x = jax.ShapeDtypeStruct((clients, 1) + tuple(example.shape), example.dtype)
+    fn = lambda s, x: logits_fn(s, x, jnp.zeros((clients,), jnp.int32))
+    with models.forward_only():
+      return _sizes(jax.make_jaxpr(fn)(abstract_state, x).jaxpr)
+
+  per_example = activation_bytes_per_example(logits_fn, abstract_state, example)
+  return max(0, traced(2) - traced(1) - per_example)
+
+
 def make_evaluate(logits_fn: Callable, num_classes_M, layout: EvalLayout) -> Callable:
   """Builds a jitted `evaluate(state, test) -> {'correct', 'loss_sum'}` ([M] each).
 
@@ -306,7 +337,10 @@ def evaluator(algorithm, abstract_state: PyTree, test, eval_batch_size: int,
   subsets = algorithm.client_subsets
   per_example = activation_bytes_per_example(algorithm.logits, abstract_state, example,
                                              0 if subsets else x.shape[0])
-  layout = plan_layout(test.counts, eval_batch_size, per_example, group=group and subsets)
+  per_client = (gathered_bytes_per_client(algorithm.logits, abstract_state, example)
+                if subsets else 0)
+  layout = plan_layout(test.counts, eval_batch_size, per_example, group=group and subsets,
+                       bytes_per_client=per_client)
   data = jax.device_put(arrange(x, test.y, test.counts, layout))
   evaluate = make_evaluate(algorithm.logits, algorithm.num_classes_M, layout)
   return (lambda state: evaluate(state, data)), layout

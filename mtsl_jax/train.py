@@ -348,8 +348,12 @@ def _place(plan: _Plan, mesh):
   per_example = evaluation.activation_bytes_per_example(
       algorithm.logits, jax.eval_shape(algorithm.init_state),
       jax.ShapeDtypeStruct(x.shape[2:], x.dtype), 0 if subsets else x.shape[0])
+  grouped = mesh is None and subsets
+  per_client = (evaluation.gathered_bytes_per_client(
+      algorithm.logits, jax.eval_shape(algorithm.init_state),
+      jax.ShapeDtypeStruct(x.shape[2:], x.dtype)) if grouped else 0)
   layout = evaluation.plan_layout(test_np.counts, plan.configs[0].eval_batch_size,
-                                  per_example, group=mesh is None and subsets)
+                                  per_example, group=grouped, bytes_per_client=per_client)
   test = evaluation.arrange(x, test_np.y, test_np.counts, layout)
   if mesh is not None:
     train, test = sharding.shard_clients((train_np, test), mesh)

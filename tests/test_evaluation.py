@@ -127,3 +127,30 @@ def test_grouped_evaluation_equals_the_padded_reference(name, model):
   want_correct, want_loss = _reference(algorithm, state, federation)
   np.testing.assert_array_equal(raw["correct"], want_correct)
   np.testing.assert_allclose(raw["loss_sum"], want_loss, rtol=1e-5, atol=1e-5)
+
+
+def test_groups_are_not_used_when_a_groups_copy_of_client_models_exceeds_the_bound():
+  # The grouping of test_best_groups_minimise_the_rows_computed, two clients per group: at
+  # 600 bytes per client a group copies 1,200 bytes, over a 1,000-byte bound.
+  args = ([3, 10, 1, 9], 64)
+  assert len(evaluation.plan_layout(*args, max_groups=2, bytes_per_client=600,
+                                    memory_bytes=10_000).groups) == 2
+  single = evaluation.plan_layout(*args, max_groups=2, bytes_per_client=600,
+                                  memory_bytes=1000)
+  assert single.groups == (evaluation.EvalGroup(None, 10, 10),)
+
+
+def test_gathered_bytes_per_client_count_the_client_models_a_group_copies():
+  """Local-only MLP D-8-8-C: each client's model is (4x8 + 8) + (8x8 + 8) + (8x5 + 5) =
+  157 float32 = 628 bytes; the trace also holds per-client reshapes of the biases and
+  indices (a few dozen values). FedAvg's one global model: nothing per client but the
+  index."""
+  federation = _federation([3, 3], seed=0)
+  example = jax.ShapeDtypeStruct((D,), np.float32)
+  local = algorithms.build_algorithm(_config("local", 2), federation)
+  got = evaluation.gathered_bytes_per_client(local.logits, jax.eval_shape(local.init_state),
+                                             example)
+  assert 628 <= got <= 628 + 4 * 64
+  fedavg = algorithms.build_algorithm(_config("fedavg", 2), federation)
+  assert evaluation.gathered_bytes_per_client(
+      fedavg.logits, jax.eval_shape(fedavg.init_state), example) <= 16
