@@ -4,7 +4,7 @@
 # STUDY=compare_v2 (default): the comparison v2's 'gpu' profile (CIFAR-10 at the full
 # budget: 2-D tuning grids, then every main cell with 5 seeds), records
 # results/v2/runs.jsonl. STUDY=server_map: the server map's CNN slice ('cnn'), then the
-# whole MLP map ('full'), records results/server_map/runs.jsonl. STUDY=privacy: the
+# whole MLP map ('full'), records results/server_map/runs.jsonl.gz. STUDY=privacy: the
 # privacy study's MNIST and Fashion-MNIST rows, records results/privacy/runs.jsonl.
 #
 # The runs go into a COPY of the records, so that what a time-limited device computes
@@ -19,7 +19,7 @@
 # Output: OUT (default ./gpu_out): gpu.txt, runs.jsonl (all records: the old ones and the
 # new), study.txt. Back on the main machine, append the new lines to the records:
 #   python -m mtsl_jax.comparison.merge_records OUT/runs.jsonl results/v2/runs.jsonl
-#   (results/server_map/runs.jsonl or results/privacy/runs.jsonl for the other studies)
+#   (results/server_map/runs.jsonl.gz or results/privacy/runs.jsonl for the other studies)
 set -uo pipefail
 out=${OUT:-gpu_out}
 budget=${1:-540}
@@ -28,7 +28,7 @@ study=${STUDY:-compare_v2}
 case "$study" in
   compare_v2) records=results/v2/runs.jsonl; phases=tune,main; defaults="gpu"
               needs=cifar10 ;;
-  server_map) records=results/server_map/runs.jsonl; phases=tune,map,ablations
+  server_map) records=results/server_map/runs.jsonl.gz; phases=tune,map,ablations
               defaults="cnn full"; needs=fashion_mnist ;;
   privacy) records=results/privacy/runs.jsonl; phases=run
            defaults="cpu cpu_fashion_mnist"; needs=fashion_mnist ;;
@@ -48,7 +48,10 @@ if [ "$profiles" != test ] && [ ! -d "$tfds_dir/$needs" ]; then
   exit 2
 fi
 
-cp "$records" "$out/runs.jsonl" 2>/dev/null || touch "$out/runs.jsonl"
+# The device works on a plain JSONL copy of the records (the repository's may be gzipped).
+touch "$out/runs.jsonl"
+[ -e "$records" ] && python3 -m mtsl_jax.comparison.merge_records "$records" "$out/runs.jsonl" \
+  > /dev/null
 deadline=$((SECONDS + budget))
 for profile in $profiles; do
   left=$((deadline - SECONDS))

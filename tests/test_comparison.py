@@ -2,6 +2,7 @@
 end-to-end reproduction on the embedded synthetic data, resume, and divergence handling."""
 
 import dataclasses
+import gzip
 import pathlib
 import subprocess
 import sys
@@ -238,3 +239,27 @@ def test_launcher_rejects_bad_names_in_one_line(tmp_path):
   assert "dataset" in result.stderr and "cifar1000" in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_compressed_records_append_load_and_survive_a_torn_member(tmp_path):
+  """A '.gz' records file: one gzip member per append, readable as one gzip stream; a
+  member torn by a crash is skipped on reading and cut off before the next append, so
+  the records after it are read again."""
+  path = tmp_path / "runs.jsonl.gz"
+  out = records.ResultsFile(path)
+  out.append([{"seed": 0, "x": 1.5}, {"seed": 1, "x": 2.5}])
+  out.append([{"seed": 2, "x": 3.5}])
+  assert [r["seed"] for r in out.load()] == [0, 1, 2]
+  assert gzip.decompress(path.read_bytes()).decode().splitlines() == [
+      '{"seed": 0, "x": 1.5}', '{"seed": 1, "x": 2.5}', '{"seed": 2, "x": 3.5}']
+  whole = path.read_bytes()
+  path.write_bytes(whole + gzip.compress(b'{"seed": 3}\n', mtime=0)[:-6])  # torn
+  assert [r["seed"] for r in out.load()] == [0, 1, 2]
+  out.append([{"seed": 4}])
+  assert [r["seed"] for r in out.load()] == [0, 1, 2, 4]
+  assert path.read_bytes().startswith(whole)
+  # The same records give the same bytes (no timestamps in the members).
+  again = records.ResultsFile(tmp_path / "again.jsonl.gz")
+  again.append([{"seed": 0, "x": 1.5}, {"seed": 1, "x": 2.5}])
+  again.append([{"seed": 2, "x": 3.5}])
+  assert again.path.read_bytes() == whole

@@ -8,7 +8,7 @@ with ablations, and its document docs/when_mtsl_helps.md.
 Phases: tune (each method's learning-rate grid at the profile's tuning regime, extended
 at its edges), map (every cell at the tuned points, seeds vmapped), ablations (the MTSL
 rows with the shared part ablated), report (docs/when_mtsl_helps.md and its figures, from
-results/server_map/runs.jsonl alone). Every finished run is one line of the records, so
+results/server_map/runs.jsonl.gz alone). Every finished run is one line of the records, so
 an interrupted run resumes where it stopped. The axes and profiles are
 mtsl_jax/server_map/grid.py.
 
@@ -32,8 +32,8 @@ _DATASETS = flags.DEFINE_list("datasets", [], "Datasets (default: the profile's)
 _SETTINGS = flags.DEFINE_list("settings", [], "Heterogeneity settings (default: the "
                               "profile's).")
 _METHODS = flags.DEFINE_list("methods", [], "Methods (default: the profile's).")
-_RESULTS = flags.DEFINE_string("results", "results/server_map/runs.jsonl",
-                               "Run records (JSONL).")
+_RESULTS = flags.DEFINE_string("results", "results/server_map/runs.jsonl.gz",
+                               "Run records (JSONL; gzip-compressed for a .gz path).")
 _REPORT = flags.DEFINE_string("report", "docs/when_mtsl_helps.md", "The document to write.")
 _SCRATCH = flags.DEFINE_string("scratch", "workdirs/server_map", "Per-run workdirs.")
 _TFDS = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir ('' = TFDS's default: "

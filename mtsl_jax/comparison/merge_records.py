@@ -4,7 +4,7 @@ Records computed elsewhere (a GPU session writes into a copy of `results/v2/runs
 come back by merging: every record of the source whose key (`KEY_FIELDS`) the
 destination lacks is appended, in the source's order; nothing in the destination changes.
 The same command merges the server map's and the privacy study's records
-(`results/server_map/runs.jsonl`, `results/privacy/runs.jsonl`).
+(`results/server_map/runs.jsonl.gz`, `results/privacy/runs.jsonl`).
 
   python -m mtsl_jax.comparison.merge_records SOURCE DESTINATION
 """

@@ -17,7 +17,7 @@ the orientations that send its message ('u_shaped', 'bottom', 'top'). FedAvg's r
 reference point: its final global model and one client's FedSGD update on a small batch,
 inverted (`gradient_inversion`); SplitFed v2's row (one split step per round, the
 'bottom' cut) is attacked on its messages like the MTSL rows. The learning rates
-are the server map's tuned points on MNIST (results/server_map/runs.jsonl, profile
+are the server map's tuned points on MNIST (results/server_map/runs.jsonl.gz, profile
 'cpu', MLP 784-100-100-10), the same for every defence, so a defence's cost in accuracy
 is measured at the undefended run's rates.
 """
