@@ -175,13 +175,15 @@ def _end_score(rec: dict, score: str) -> float | None:
 
 
 def _paired_text(test, scale: float = 1.0, digits: int = 3) -> str:
-  """E.g. 'holds +0.412 [0.301, 0.523] p=0.004'."""
+  """E.g. 'holds +0.412 [0.301, 0.523] (sd 0.045) p=0.004': the mean paired difference,
+  its 95% t-interval, the sample std of the per-seed differences and the p-value."""
   d = test.difference
   verdict = statistics.verdict(test)
   if d.n < 2:
     return f"{scale * d.mean:+.{digits}f} (n=1)"
   return (f"{verdict} {scale * d.mean:+.{digits}f} [{fmt.num(scale * d.low, digits)}, "
-          f"{fmt.num(scale * d.high, digits)}] {fmt.p_text(test.p)}")
+          f"{fmt.num(scale * d.high, digits)}] (sd {fmt.num(scale * d.std, digits)}) "
+          f"{fmt.p_text(test.p)}")
 
 
 SCORE_NAMES = {"label_auc": "label-inference AUC",
@@ -236,7 +238,8 @@ def _effects_table(effects: list[dict]) -> list[str]:
            "(same data, initialization and minibatches): the accuracy change in points "
            "(defended - undefended) and the reduction of each attack score at the end of "
            "training (undefended - defended), with the 95% t-interval of the mean paired "
-           "difference and its p-value. 'holds': the defence lowers that score "
+           "difference, the sample std (ddof = 1) of the per-seed differences and the "
+           "p-value. 'holds': the defence lowers that score "
            "significantly; 'fails': it raises it significantly; on the accuracy, 'fails' "
            "is a significant cost. With 3 seeds only large effects can be significant.",
            ""]
@@ -334,6 +337,21 @@ def _plot(summ: dict, profile: str, attack: str, out: pathlib.Path) -> pathlib.P
   return path
 
 
+def _rates_section() -> list[str]:
+  """The learning rates every row trains at, and where they come from."""
+  lines = ["## Learning rates", "",
+           "Every row of an orientation trains at the same (server, client) rates, so a "
+           "defence's accuracy cost is measured at the undefended run's rates. They are the "
+           "server map's tuned points on MNIST (2-D grids, each optimum interior: "
+           "docs/when_mtsl_helps.md, 'Tuning'), not re-tuned per defence, and reused for "
+           "Fashion-MNIST; SplitFed v2, which the map does not tune, takes the rates of MTSL "
+           "'bottom' (the same cut).", "",
+           "| row | server rate | client rate |", "|---|---|---|"]
+  lines += [f"| {name} | {server:g} | {client:g} |"
+            for name, (server, client) in tradeoff.RATES.items()]
+  return lines + [""]
+
+
 def write_report(results: pathlib.Path, document: pathlib.Path) -> None:
   """Writes docs/privacy.md (or `document`) and its figures from the records.
 
@@ -351,6 +369,7 @@ def write_report(results: pathlib.Path, document: pathlib.Path) -> None:
            f"`{results.as_posix()}` by `{REGENERATE}`; the records come from "
            "`python launch/privacy.py --profile=cpu --tfds_data_dir=DIR` (resumable).", "",
            THREAT_MODEL]
+  lines += _rates_section()
   lines += ["## Trade-off figures", ""]
   for profile in sorted({k[0] for k in summ}):
     for attack in FIGURES:
