@@ -317,9 +317,9 @@ def make_evaluate(logits_fn: Callable, num_classes_M, layout: EvalLayout) -> Cal
   return jax.jit(evaluate)
 
 
-def evaluator(algorithm, abstract_state: PyTree, test, eval_batch_size: int,
-              group: bool = True) -> tuple[Callable, EvalLayout]:
-  """`evaluate(state) -> raw sums` on one federation's test split, data on the device.
+def layout_for(algorithm, abstract_state: PyTree, test, eval_batch_size: int,
+               group: bool = True) -> EvalLayout:
+  """The evaluation layout of one federation's test split for `algorithm`'s models.
 
   Args:
     algorithm: the run's `Algorithm`.
@@ -330,18 +330,32 @@ def evaluator(algorithm, abstract_state: PyTree, test, eval_batch_size: int,
       logits take no client subsets).
 
   Returns:
-    (evaluate, layout): `evaluate(state)` returns `make_evaluate`'s dict (on the device).
+    The EvalLayout, chunks bounded by the model's traced activation bytes.
   """
   x = np.asarray(test.x)
   example = jax.ShapeDtypeStruct(x.shape[2:], x.dtype)
   subsets = algorithm.client_subsets
+  grouped = group and subsets
   per_example = activation_bytes_per_example(algorithm.logits, abstract_state, example,
                                              0 if subsets else x.shape[0])
   per_client = (gathered_bytes_per_client(algorithm.logits, abstract_state, example)
-                if subsets else 0)
-  layout = plan_layout(test.counts, eval_batch_size, per_example, group=group and subsets,
-                       bytes_per_client=per_client)
-  data = jax.device_put(arrange(x, test.y, test.counts, layout))
+                if grouped else 0)
+  return plan_layout(test.counts, eval_batch_size, per_example, group=grouped,
+                     bytes_per_client=per_client)
+
+
+def evaluator(algorithm, abstract_state: PyTree, test, eval_batch_size: int,
+              group: bool = True) -> tuple[Callable, EvalLayout]:
+  """`evaluate(state) -> raw sums` on one federation's test split, data on the device.
+
+  Args:
+    algorithm, abstract_state, test, eval_batch_size, group: as `layout_for`.
+
+  Returns:
+    (evaluate, layout): `evaluate(state)` returns `make_evaluate`'s dict (on the device).
+  """
+  layout = layout_for(algorithm, abstract_state, test, eval_batch_size, group)
+  data = jax.device_put(arrange(np.asarray(test.x), test.y, test.counts, layout))
   evaluate = make_evaluate(algorithm.logits, algorithm.num_classes_M, layout)
   return (lambda state: evaluate(state, data)), layout
 

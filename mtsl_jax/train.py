@@ -343,18 +343,9 @@ def _place(plan: _Plan, mesh):
         None if group.shared else 0)
   train_np, test_np = data.to_host(plan.federations[0])
   algorithm = plan.algorithms[0]
-  x = np.asarray(test_np.x)
-  subsets = algorithm.client_subsets
-  per_example = evaluation.activation_bytes_per_example(
-      algorithm.logits, jax.eval_shape(algorithm.init_state),
-      jax.ShapeDtypeStruct(x.shape[2:], x.dtype), 0 if subsets else x.shape[0])
-  grouped = mesh is None and subsets
-  per_client = (evaluation.gathered_bytes_per_client(
-      algorithm.logits, jax.eval_shape(algorithm.init_state),
-      jax.ShapeDtypeStruct(x.shape[2:], x.dtype)) if grouped else 0)
-  layout = evaluation.plan_layout(test_np.counts, plan.configs[0].eval_batch_size,
-                                  per_example, group=grouped, bytes_per_client=per_client)
-  test = evaluation.arrange(x, test_np.y, test_np.counts, layout)
+  layout = evaluation.layout_for(algorithm, jax.eval_shape(algorithm.init_state), test_np,
+                                 plan.configs[0].eval_batch_size, group=mesh is None)
+  test = evaluation.arrange(np.asarray(test_np.x), test_np.y, test_np.counts, layout)
   if mesh is not None:
     train, test = sharding.shard_clients((train_np, test), mesh)
   else:
