@@ -15,9 +15,18 @@ def test_every_row_builds_a_valid_config_in_every_profile():
         assert c.algorithm == "mtsl" and c.split.orientation == row.orientation
       if row.defence not in ("none", "client_bottom_blocks"):
         assert c.privacy[row.defence] == row.strength > 0
+      cut = (c.split.client_bottom_blocks, c.split.client_top_blocks)
+      hidden = tuple(profile.model["hidden_sizes"])
+      if row.family == "bottom@2":  # the 'bottom' family's deeper-cut run, defended
+        assert cut == (2, 0) and tuple(c.model.hidden_sizes) == hidden
+        base = tradeoff.make_config(profile, tradeoff.base_row(row))
+        assert base.split.client_bottom_blocks == 2 and not any(base.privacy.values())
+      if row.family == "u_shaped@2":  # a hidden layer more, in the client bottom
+        assert cut == (2, 1) and tuple(c.model.hidden_sizes) == hidden + hidden[-1:]
   # Each defence at 4 strengths where its message is sent, the deeper cut, 3 undefended
-  # MTSL rows, FedAvg's and SplitFed's.
-  assert len(tradeoff.rows()) == 3 + 4 * 3 + 4 * 2 + 1 + 4 + 2
+  # MTSL rows, FedAvg's and SplitFed's; the smashed data's 2 defences at the second cuts
+  # of 'bottom' (paired with the deeper-cut row) and of u_shaped (with its own 'none').
+  assert len(tradeoff.rows()) == 3 + 4 * 3 + 4 * 2 + 1 + 4 + 2 + 2 * 4 + (1 + 2 * 4)
 
 
 def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path,
@@ -39,7 +48,8 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
     end = r["attacks"]["18"]
     if r["orientation"] == "fedavg":  # the update, inverted: no split messages
       assert end["label_auc"] is None and end["input_dcor"] is None
-      assert end["recon_psnr"] is not None
+      assert end["recon_psnr"] is not None and 0 <= end["recon_label_accuracy"] <= 1
+      assert r["attack"] == tradeoff.INVERSION_ATTACK
       continue
     if r["orientation"] in ("bottom", "splitfed_v2"):
       assert end["label_auc"] == 1.0  # the labels travel with the smashed data
@@ -49,10 +59,24 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
   before = results.read_text()
   tradeoff.run_profile(results, tmp_path / "scratch", "test", verbose=False)
   assert results.read_text() == before  # recorded rows do not run again
+  # A FedAvg record scored by an earlier inversion attack is superseded: its row runs
+  # again, appended after it, and only the new one is reported.
+  old = [dict(r, accuracy=0.0) for r in recs if r["orientation"] == "fedavg"]
+  for r in old:
+    del r["attack"]
+  kept = [r for r in recs if r["orientation"] != "fedavg"]
+  results.write_text("".join(json.dumps(r) + "\n" for r in kept + old))
+  tradeoff.run_profile(results, tmp_path / "scratch", "test", verbose=False)
+  rerun = [json.loads(line) for line in results.read_text().splitlines()][len(kept + old):]
+  assert [(r["row"], r["seed"], r["attack"]) for r in rerun] == [
+      (r["row"], r["seed"], tradeoff.INVERSION_ATTACK) for r in old]
+  assert all(r["accuracy"] > 0 for r in rerun)
   document = tmp_path / "privacy.md"
   report.write_report(results, document)
   text = document.read_text()
   assert "## Threat model" in text and "| u_shaped | cut_grad_noise_std | 0.03 | 2 |" in text
+  assert "| fedavg | none | 0 | 2 | 0.0" not in text  # the superseded records' accuracy
+  assert "FedAvg's gradient inversion restored" in text
   for attack in report.FIGURES:
     assert (tmp_path / "figures" / "privacy" / f"privacy_test_{attack}.png").exists()
   report.write_report(results, document)
@@ -88,9 +112,9 @@ def test_defence_effects_are_paired_over_seeds_against_the_undefended_row():
   significant'. A seed without its undefended twin is left out.
   """
   def rec(row, seed, acc, auc, dcor):
-    orientation, rest = row.split("/")
+    family, rest = row.split("/")
     return {"profile": "cpu", "row": row, "seed": seed, "accuracy": acc,
-            "orientation": orientation, "defence": rest.split("=")[0],
+            "orientation": family.split("@")[0], "defence": rest.split("=")[0],
             "attacks": {"0": {"label_auc": 1.0, "input_dcor": 0.5},
                         "292": {"label_auc": auc, "input_dcor": dcor}}}
 
@@ -116,3 +140,22 @@ def test_defence_effects_are_paired_over_seeds_against_the_undefended_row():
       "of -4.7 points.",
       "- cpu, u_shaped, cut_grad_noise_std: no strength tried (0.01) lowers "
       "dCor(inputs, smashed data) significantly."]
+
+
+def test_a_second_cut_of_bottom_pairs_with_the_deeper_cut_run():
+  """'bottom@2' rows are the deeper-cut run defended: paired with its records."""
+  def rec(row, seed, acc):
+    return {"profile": "cpu", "row": row, "seed": seed, "accuracy": acc,
+            "orientation": "bottom", "defence": row.split("/")[1].split("=")[0],
+            "attacks": {"292": {"label_auc": 1.0, "input_dcor": 0.8 - acc / 10,
+                                "recon_classifier_accuracy": acc}}}
+
+  deeper, noised = "bottom/client_bottom_blocks=2", "bottom@2/smashed_noise_std=3"
+  recs = [rec(deeper, s, 0.9 + s / 100) for s in range(3)]
+  recs += [rec(noised, s, 0.8 + s / 50) for s in range(3)]
+  effects = {e["row"].name: e for e in report.defence_effects(recs)}
+  assert set(effects) == {noised}  # the deeper cut itself pairs with bottom/none: absent
+  effect = effects[noised]
+  # Per seed 0.80-0.90, 0.82-0.91, 0.84-0.92: -10, -9, -8 points.
+  assert abs(100 * effect["accuracy"].difference.mean + 9.0) < 1e-9
+  assert abs(effect["reductions"]["recon_classifier_accuracy"].difference.mean - 0.09) < 1e-9

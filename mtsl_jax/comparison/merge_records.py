@@ -15,9 +15,10 @@ import sys
 from mtsl_jax.comparison import records, v2_records
 
 # The union of the studies' run identities: the comparison v2's; the server map's, which
-# adds the cell (examples per client, clients); the privacy study's (profile, row, seed).
+# adds the cell (examples per client, clients); the privacy study's (profile, row, seed,
+# and for FedAvg's row the inversion attack that scored it: a rescored record is new).
 # A field a record lacks reads as None, so each study's records keep their own identity.
-KEY_FIELDS = (*v2_records.KEY_FIELDS, "examples", "clients", "row")
+KEY_FIELDS = (*v2_records.KEY_FIELDS, "examples", "clients", "row", "attack")
 
 
 def merge(source: pathlib.Path, destination: pathlib.Path) -> int:

@@ -1,6 +1,6 @@
 """The privacy-utility study: MTSL runs under each defence and strength, attacked.
 
-For every row (orientation, defence, strength) of `ROWS` and every seed, an MTSL run
+For every row (family, defence, strength) of `rows()` and every seed, an MTSL run
 trains; at each of the profile's window steps (the start, the middle and the end of
 training) `messages.record_window` records what the server received over a few steps,
 and `attacks.attack_all` scores it. One JSON line per (row, seed) in the records: the
@@ -13,7 +13,9 @@ generated from those lines (`privacy/report.py`).
 The rows: no defence; Gaussian noise on the smashed data; the NoPeek penalty; noise on
 the cut-layer gradients a client head sends up (label protection); and a deeper client
 bottom (two blocks, the cut itself as a defence). Each defence runs at four strengths in
-the orientations that send its message ('u_shaped', 'bottom', 'top'). FedAvg's row is the
+the orientations that send its message ('u_shaped', 'bottom', 'top'); the defences of the
+smashed data also at a second cut of 'bottom' and 'u_shaped' (families 'bottom@2',
+'u_shaped@2': a client bottom one block deeper), for curves at two cuts. FedAvg's row is the
 reference point: its final global model and one client's FedSGD update on a small batch,
 inverted (`gradient_inversion`); SplitFed v2's row (one split step per round, the
 'bottom' cut) is attacked on its messages like the MTSL rows. The learning rates
@@ -44,17 +46,30 @@ STRENGTHS = {
     # Each example's cut gradient of a batch-mean loss is ~ 1/B of the loss's: ~1e-2.
     "cut_grad_noise_std": (0.001, 0.003, 0.01, 0.03),
 }
-# Which defences protect a message each orientation sends.
+# Which defences protect a message each family sends. A family is an orientation at a
+# cut; 'name@2' is the orientation's second cut, a client bottom one block deeper:
+#   * 'bottom@2': the MLP's middle block moves to the client (client 2 blocks, server the
+#     head); its undefended run is the 'bottom' family's deeper-cut row (`base_row`);
+#   * 'u_shaped@2': the three-block MLP has one u_shaped cut, so the client bottom gets a
+#     hidden layer more (`EXTRA_HIDDEN_LAYERS`: 784-100-100-100-10, cut (2, 1)); the
+#     server part and the client head are u_shaped's.
+# At the second cuts only the defences of the smashed data run: the head, and so what
+# the cut-layer gradients reveal of the labels, is the first cut's.
 DEFENCES_OF = {
     "u_shaped": ("smashed_noise_std", "nopeek_weight", "cut_grad_noise_std"),
     "bottom": ("smashed_noise_std", "nopeek_weight", "client_bottom_blocks"),
     "top": ("cut_grad_noise_std",),
     "fedavg": (),   # the reference point: FedAvg's update, inverted (gradient_inversion)
     "splitfed_v2": (),  # SplitFed's messages: one global client-side model, 'bottom' cut
+    "bottom@2": ("smashed_noise_std", "nopeek_weight"),
+    "u_shaped@2": ("smashed_noise_std", "nopeek_weight"),
 }
-CUTS = {"u_shaped": (1, 1), "bottom": (1, 0), "top": (0, 1)}
-# (server, client) rates: the server map's tuned MNIST points (mtsl_u_shaped,
-# mtsl_bottom, mtsl_head, fedavg) at 400 examples x 10 clients.
+CUTS = {"u_shaped": (1, 1), "bottom": (1, 0), "top": (0, 1), "bottom@2": (2, 0),
+        "u_shaped@2": (2, 1)}
+EXTRA_HIDDEN_LAYERS = {"u_shaped@2": 1}  # hidden layers (of the last width) a family adds
+# (server, client) rates per orientation: the server map's tuned MNIST points
+# (mtsl_u_shaped, mtsl_bottom, mtsl_head, fedavg) at 400 examples x 10 clients; a second
+# cut trains at its orientation's rates (not re-tuned).
 RATES = {"u_shaped": (0.0316228, 0.316228), "bottom": (0.0316228, 1.0),
          "top": (0.316228, 1.0), "fedavg": (1.0, 0.316228),
          "splitfed_v2": (0.0316228, 1.0)}  # SplitFed is not in the map: MTSL bottom's
@@ -62,31 +77,55 @@ RATES = {"u_shaped": (0.0316228, 0.316228), "bottom": (0.0316228, 1.0),
 # inverts exactly as sent, and the row's budget in client steps is the MTSL rows'.
 FEDAVG_LOCAL_STEPS = 1
 INVERTED_BATCH = 4   # the FedSGD update the server inverts: 4 of client 0's examples
+# The gradient-inversion attack FedAvg's records were scored with. Records of an earlier
+# attack (DLG's squared distance, 'dlg': no better than its initial noise at a trained
+# model) stay in the append-only file but are superseded: their rows run again.
+INVERSION_ATTACK = "inverting_gradients"
+
+
+def is_current(record: dict) -> bool:
+  """Whether a record counts: FedAvg's only when scored by the current inversion attack."""
+  return record["orientation"] != "fedavg" or record.get("attack") == INVERSION_ATTACK
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """One defended configuration: orientation, defence ('none' or a field) and strength."""
-  orientation: str
+  """One defended configuration: family (orientation at a cut), defence ('none' or a
+  field) and strength."""
+  family: str
   defence: str
   strength: float
 
   @property
+  def orientation(self) -> str:
+    """The family's orientation ('bottom@2' -> 'bottom'), or 'fedavg' / 'splitfed_v2'."""
+    return self.family.split("@")[0]
+
+  @property
   def name(self) -> str:
-    return f"{self.orientation}/{self.defence}={self.strength:g}"
+    return f"{self.family}/{self.defence}={self.strength:g}"
 
 
 def rows() -> list[Row]:
-  """Every row of the study, undefended first within each orientation."""
+  """Every row of the study, undefended first within each family."""
   out = []
-  for orientation, defences in DEFENCES_OF.items():
-    out.append(Row(orientation, "none", 0.0))
+  for family, defences in DEFENCES_OF.items():
+    if base_row(Row(family, "none", 0.0)).family == family:
+      out.append(Row(family, "none", 0.0))
     for defence in defences:
       if defence == "client_bottom_blocks":  # the deeper cut: the client holds 2 blocks
-        out.append(Row(orientation, defence, 2.0))
+        out.append(Row(family, defence, 2.0))
       else:
-        out += [Row(orientation, defence, s) for s in STRENGTHS[defence]]
+        out += [Row(family, defence, s) for s in STRENGTHS[defence]]
   return out
+
+
+def base_row(row: Row) -> Row:
+  """The undefended row `row` is paired with: its family's, or for 'bottom@2' the same
+  run recorded as the 'bottom' family's deeper cut (trained once)."""
+  if row.family == "bottom@2":
+    return Row("bottom", "client_bottom_blocks", float(CUTS["bottom@2"][0]))
+  return Row(row.family, "none", 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +210,9 @@ def make_config(profile: Profile, row: Row, tfds_data_dir: str = "",
     c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS["bottom"]
   else:
     c.split.orientation = row.orientation
-    c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS[row.orientation]
+    c.split.client_bottom_blocks, c.split.client_top_blocks = CUTS[row.family]
+    hidden = tuple(c.model.hidden_sizes)
+    c.model.hidden_sizes = hidden + hidden[-1:] * EXTRA_HIDDEN_LAYERS.get(row.family, 0)
   if row.defence == "client_bottom_blocks":
     c.split.client_bottom_blocks = int(row.strength)
   elif row.defence != "none":
@@ -206,16 +247,18 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
   profile = PROFILES[profile_name]
   check_profile(profile_name)
   out = records.ResultsFile(results)
-  done = {(r["row"], r["seed"]) for r in out.load() if r["profile"] == profile_name}
+  done = {(r["row"], r["seed"]) for r in out.load()
+          if r["profile"] == profile_name and is_current(r)}
   seeds = [s for s in profile.seeds if (row.name, s) not in done]
   if not seeds:
     return []
   start = time.perf_counter()
-  cell = (scratch / profile_name / row.name.replace("/", "_")
+  fedavg = row.orientation == "fedavg"
+  cell = (scratch / profile_name / (row.name.replace("/", "_")
+                                    + (f"_{INVERSION_ATTACK}" if fedavg else ""))
           / f"seeds={','.join(map(str, seeds))}")
   partial_path = cell / "windows.json"
   partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
-  fedavg = row.orientation == "fedavg"
   last = profile.windows[-1]
   for t in profile.windows:
     if str(t) in partial:
@@ -271,7 +314,8 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
                 "num_steps": profile.num_steps, "window_steps": profile.window_steps,
                 "accuracy": accuracy, "diverged": diverged, "attacks": windows,
                 "reductions": list(profile.reductions),
-                "where": v2_runner.where_computed(len(seeds))})
+                "where": v2_runner.where_computed(len(seeds)),
+                **({"attack": INVERSION_ATTACK} if fedavg else {})})
   out.append(new)
   if verbose:
     print(f"[privacy] {row.name} seeds={seeds}: acc "
@@ -307,8 +351,9 @@ def _fedavg_attack(config, state, federation, profile: Profile) -> dict:
   """FedAvg's row: gradient inversion of client 0's FedSGD update at the global model.
 
   The server inverts the gradient of INVERTED_BATCH of client 0's training examples at
-  the model it sent (`gradient_inversion`); scored like the reconstruction attack, with
-  the same fixed classifier trained on the other clients' test examples.
+  the model it sent (`gradient_inversion`, INVERSION_ATTACK); scored like the
+  reconstruction attack, with the same fixed classifier trained on the other clients'
+  test examples, plus the fraction of the batch's labels it restored.
   """
   out = {"label_auc": None, "input_dcor": None}
   model = local_training.make_full_model(config.model, int(federation.num_classes.max()))
@@ -317,11 +362,14 @@ def _fedavg_attack(config, state, federation, profile: Profile) -> dict:
   y = jax.numpy.asarray(federation.train_y[0][:INVERTED_BATCH])
   k = int(federation.num_classes[0])
   target = gradient_inversion.client_gradient(model.apply, params, x, y, k)
-  guess, _ = gradient_inversion.invert(model.apply, params, target, tuple(x.shape[1:]),
-                                       INVERTED_BATCH, k, profile.inversion_budget)
+  guess, labels = gradient_inversion.invert(model.apply, params, target,
+                                            tuple(x.shape[1:]), INVERTED_BATCH, k,
+                                            profile.inversion_budget)
   classify = reconstruction.fixed_classifier(federation, 0, profile.attack_budget)
   scores = reconstruction.score(np.asarray(x), gradient_inversion.pair_up(x, guess),
                                 np.asarray(y), classify)
+  scores["label_accuracy"] = gradient_inversion.label_accuracy(np.asarray(y),
+                                                               np.asarray(labels))
   return dict(out, **{f"recon_{name}": value for name, value in scores.items()})
 
 
