@@ -224,3 +224,20 @@ def test_accuracy_cells_print_the_sample_std_beside_the_interval():
   i = statistics.t_interval([1, 2, 3, 4, 5])  # sample std sqrt(2.5) = 1.58, half 1.96
   assert report_format.interval_with_std(i, 1, 2) == "3.00 ± 1.96 (sd 1.58)"
   assert report_format.interval_with_std(statistics.t_interval([0.7]), 100) == "70.0 (n=1)"
+
+
+def test_in_short_pools_each_cuts_cells_over_the_maps_of_a_profile():
+  """Hand-made verdicts: mtsl_head wins 3 of 4 cells (2 settings), loses 1 to FedRep."""
+  def claims(*verdicts):
+    return {regime: {"verdict": v} for regime, v in zip(((25, 10), (0, 10)), verdicts)}
+
+  best, fedrep = "best of local and FedAvg", "FedRep"
+  diffs = {("cpu", "mnist", "dirichlet_0.3", "mtsl_head", best): claims("holds", "fails"),
+           ("cpu", "mnist", "label_permutation", "mtsl_head", best): claims("holds", "holds"),
+           ("cpu", "mnist", "dirichlet_0.3", "mtsl_head", fedrep):
+               claims("not significant", "fails")}
+  (head,) = [line for line in report._in_short(diffs) if line.startswith("- mtsl_head")]
+  assert "1.1% of the parameters on the client" in head
+  assert ": 3 / 0 / 1 of 4 cells (FedRep: 0 / 1 / 1)" in head
+  assert "dirichlet_0.3 1 / 0 / 1; label_permutation 2 / 0 / 0" in head
+  assert "per client: 25: 2 of 2, all: 1 of 2; per number of clients: 10: 3 of 4." in head

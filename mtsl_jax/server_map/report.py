@@ -92,7 +92,56 @@ def _answer(maps: dict, diffs: dict, ablations: dict) -> list[str]:
             f"FedAvg in {len(wins)} of {n_cells} cells: "
             + "; ".join(_regime_text(r) for r in wins) + ".")
   lines += ["", *verdict_lines, ""]
+  lines += _in_short(diffs)
   lines += _mechanism(ablations)
+  return lines
+
+
+def _counts(cells: dict, keep=lambda key: True) -> str:
+  """'wins / ties / losses' of the cells whose key `keep` accepts."""
+  verdicts = [c["verdict"] for key, c in cells.items() if keep(key)]
+  return " / ".join(str(verdicts.count(v)) for v in ("holds", "not significant", "fails"))
+
+
+def _wins_by(cells: dict, axis: int, label) -> str:
+  """Wins per level of one axis of the cell keys, e.g. '25: 3 of 6, 100: 5 of 6'."""
+  levels = sorted({key[axis] for key in cells}, key=lambda v: (v == 0, v))
+  parts = []
+  for level in levels:
+    mine = [c for key, c in cells.items() if key[axis] == level]
+    parts.append(f"{label(level)}: {sum(c['verdict'] == 'holds' for c in mine)} "
+                 f"of {len(mine)}")
+  return ", ".join(parts)
+
+
+def _in_short(diffs: dict) -> list[str]:
+  """Each cut over every map of a profile: its wins, ties and losses in total, per
+  heterogeneity, and its wins per level of each axis (where the wins lie)."""
+  lines = []
+  for profile in sorted({k[0] for k in diffs}):
+    lines += [f"In short, profile {profile}: every map of the profile pooled, as win / tie "
+              "/ lose cells against the better of local-only and FedAvg (and FedRep):", ""]
+    for mtsl in analysis.MTSL_ROWS:
+      # (dataset, setting, examples, clients) -> the cell's claim, per comparison.
+      versus = {name: {(k[1], k[2], *regime): c for k, d in diffs.items()
+                       if k[0] == profile and k[3] == mtsl and k[4] == name
+                       for regime, c in d.items()} for name in analysis.VERSUS}
+      cells = versus["best of local and FedAvg"]
+      if not cells:
+        continue
+      settings = "; ".join(f"{setting} {_counts(cells, lambda k, s=setting: k[1] == s)}"
+                           for setting in sorted({k[1] for k in cells}))
+      cut = mtsl[len("mtsl_"):]
+      costs = analysis.cut_table(profile, min(k[0] for k in cells)).get(cut)
+      share = "" if costs is None else (f", {100 * costs.client_param_share:.1f}% of the "
+                                        "parameters on the client")
+      lines.append(
+          f"- {mtsl} ({grid.CUTS[cut].description}{share}): "
+          f"{_counts(cells)} of {len(cells)} cells (FedRep: {_counts(versus['FedRep'])}); "
+          f"by heterogeneity: {settings}. Wins per examples per client: "
+          f"{_wins_by(cells, 2, _examples_label)}; per number of clients: "
+          f"{_wins_by(cells, 3, str)}.")
+    lines.append("")
   return lines
 
 
