@@ -57,7 +57,14 @@ minibatch loss, which the reference row inverts.
   minimizes weight x dCor(inputs, smashed data) over its minibatch.
 - `cut_grad_clip`, `cut_grad_noise_std`: each example's cut-layer gradient a client head
   sends up is clipped, then noised (label protection).
-- The cut itself: a deeper client bottom (`split.client_bottom_blocks`).
+- The cut itself: a deeper client bottom (`split.client_bottom_blocks`). The smashed
+  data's two defences also run at a second cut of each orientation that sends smashed
+  data (the families marked '@2', dashed in the figures): 'bottom@2' is the MLP cut
+  after its second block (the client holds 2 of 3 blocks; its undefended run is the
+  'bottom' row 'client_bottom_blocks = 2'), 'u_shaped@2' gives the client bottom a hidden
+  layer more (784-100-100-100-10 cut (2, 1): the server part and the head are
+  u_shaped's; a three-block MLP has only one u_shaped cut). Both train at their
+  orientation's rates.
 
 Every defence trains inside the same jitted, vmapped step, in both gradient
 implementations, and is the undefended step at strength 0 (tests/test_cut_defences.py).
