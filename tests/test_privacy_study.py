@@ -55,10 +55,23 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
       assert end["label_auc"] == 1.0  # the labels travel with the smashed data
     assert 0 <= end["input_dcor"] <= 1
     assert 0 <= end["recon_classifier_accuracy"] <= 1 and end["recon_ssim"] is None
-    assert "recon_psnr" not in r["attacks"]["0"]  # reconstruction: end of training only
+    # The inverse network: at every window for the undefended runs, else at the end.
+    undefended = r["row"] in ("u_shaped/none=0", "bottom/client_bottom_blocks=2",
+                              "splitfed_v2/none=0")
+    assert ("recon_psnr" in r["attacks"]["0"]) == undefended
+    if undefended:
+      assert 0 <= r["attacks"]["0"]["recon_classifier_accuracy"] <= 1
   before = results.read_text()
   tradeoff.run_profile(results, tmp_path / "scratch", "test", verbose=False)
   assert results.read_text() == before  # recorded rows do not run again
+  # An undefended record without the reconstruction at every window (the records from
+  # before it ran there) is superseded: scored again from the row's checkpoints.
+  (first,) = [r for r in recs if r["row"] == "u_shaped/none=0" and r["seed"] == 0]
+  assert tradeoff.is_current(first)
+  stale = json.loads(json.dumps(first))
+  for key in ("recon_psnr", "recon_ssim", "recon_classifier_accuracy"):
+    del stale["attacks"]["0"][key]
+  assert not tradeoff.is_current(stale)
   # A FedAvg record scored by an earlier inversion attack is superseded: its row runs
   # again, appended after it, and only the new one is reported.
   old = [dict(r, accuracy=0.0) for r in recs if r["orientation"] == "fedavg"]
@@ -159,3 +172,29 @@ def test_a_second_cut_of_bottom_pairs_with_the_deeper_cut_run():
   # Per seed 0.80-0.90, 0.82-0.91, 0.84-0.92: -10, -9, -8 points.
   assert abs(100 * effect["accuracy"].difference.mean + 9.0) < 1e-9
   assert abs(effect["reductions"]["recon_classifier_accuracy"].difference.mean - 0.09) < 1e-9
+
+
+def test_the_inverse_network_attacks_every_window_of_the_undefended_smashed_runs():
+  windows = (0, 150, 292)
+  every = {row.name for row in tradeoff.rows()
+           if tradeoff.reconstruction_windows(row, windows) == windows}
+  assert every == {"u_shaped/none=0", "bottom/none=0", "bottom/client_bottom_blocks=2",
+                   "splitfed_v2/none=0", "u_shaped@2/none=0"}
+  for row in tradeoff.rows():
+    if row.name not in every:
+      assert tradeoff.reconstruction_windows(row, windows) == (292,)
+
+
+def test_a_window_scored_without_the_reconstruction_it_now_needs_is_scored_again(tmp_path):
+  row = tradeoff.Row("u_shaped", "none", 0.0)
+  results, scratch = tmp_path / "runs.jsonl", tmp_path / "scratch"
+  first = tradeoff.run_row(results, scratch, "test", row, verbose=False)
+  results.unlink()
+  partial = next(scratch.rglob("windows.json"))
+  scores = json.loads(partial.read_text())
+  for seed_scores in scores["0"].values():  # as scored before it ran at every window
+    for key in ("recon_psnr", "recon_ssim", "recon_classifier_accuracy"):
+      del seed_scores[key]
+  partial.write_text(json.dumps(scores))
+  again = tradeoff.run_row(results, scratch, "test", row, verbose=False)
+  assert [r["attacks"] for r in again] == [r["attacks"] for r in first]

@@ -354,6 +354,36 @@ def _plot(summ: dict, profile: str, attack: str, out: pathlib.Path) -> pathlib.P
   return path
 
 
+def _reconstruction_over_training(summ: dict) -> list[str]:
+  """The inverse network's scores at every window of the undefended smashed-data runs."""
+  lines = []
+  for profile in sorted({k[0] for k in summ}):
+    mine = {k[1]: v for k, v in summ.items() if k[0] == profile}
+    windows = sorted(next(iter(mine.values()))["attacks"], key=int)
+    table = []
+    for row in tradeoff.rows():
+      s = mine.get(row.name)
+      if s is None or len(tradeoff.reconstruction_windows(row, windows)) < 2:
+        continue
+      cells = [fmt.interval_text(s["attacks"][t].get(k), 1, 3) for k in
+               ("recon_classifier_accuracy", "recon_ssim") for t in windows]
+      table.append(f"| {row.family} | {row.defence} | {row.strength:g} | {s['seeds']} | "
+                   + " | ".join(cells) + " |")
+    if table:
+      lines += [f"### Profile {profile}", "",
+                "| family | defence | strength | seeds | "
+                + " | ".join(f"classifier on reconstructions @{t}" for t in windows) + " | "
+                + " | ".join(f"SSIM @{t}" for t in windows) + " |",
+                "|---|---|---|---|" + "---|" * (2 * len(windows)), *table, ""]
+  if not lines:
+    return []
+  return ["## Reconstruction over training", "",
+          "The inverse network at every window of each undefended run that sends smashed "
+          "data (the decoder is trained anew at each window, against the client bottom "
+          "of that point of training): does the leak grow or shrink as the bottom "
+          "learns? Mean ± 95% t half-width over seeds.", "", *lines]
+
+
 def _inversion_lines(recs: Sequence[dict]) -> list[str]:
   """The share of FedAvg's batch labels the inversion restored, per profile."""
   lines = []
@@ -412,6 +442,7 @@ def write_report(results: pathlib.Path, document: pathlib.Path) -> None:
   if not summ:
     lines += ["No records yet.", ""]
   lines += _table(summ)
+  lines += _reconstruction_over_training(summ)
   lines += _inversion_lines(recs)
   lines += _effects_table(defence_effects(recs))
   # What each recorded profile leaves out, as the study defines it now (a record keeps

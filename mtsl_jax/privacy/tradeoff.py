@@ -5,10 +5,11 @@ trains; at each of the profile's window steps (the start, the middle and the end
 training) `messages.record_window` records what the server received over a few steps,
 and `attacks.attack_all` scores it. One JSON line per (row, seed) in the records: the
 final test accuracy (utility) and, per window, the label-inference AUC and the
-input-dependence dCor (leakage); at the end of training also the inverse-network
-reconstruction of client 0's inputs (`reconstruction.attack_client`: PSNR, SSIM and a
-fixed classifier's accuracy on the reconstructions, keys 'recon_*'). docs/privacy.md is
-generated from those lines (`privacy/report.py`).
+input-dependence dCor (leakage); at the end of training (and at every window for the
+undefended runs that send smashed data: `reconstruction_windows`) also the
+inverse-network reconstruction of client 0's inputs (`reconstruction.attack_client`:
+PSNR, SSIM and a fixed classifier's accuracy on the reconstructions, keys 'recon_*').
+docs/privacy.md is generated from those lines (`privacy/report.py`).
 
 The rows: no defence; Gaussian noise on the smashed data; the NoPeek penalty; noise on
 the cut-layer gradients a client head sends up (label protection); and a deeper client
@@ -83,9 +84,25 @@ INVERTED_BATCH = 4   # the FedSGD update the server inverts: 4 of client 0's exa
 INVERSION_ATTACK = "inverting_gradients"
 
 
+# The orientations whose clients send smashed data: the inverse network attacks them.
+SMASHED_ORIENTATIONS = ("u_shaped", "bottom", "splitfed_v2")
+
+
 def is_current(record: dict) -> bool:
-  """Whether a record counts: FedAvg's only when scored by the current inversion attack."""
-  return record["orientation"] != "fedavg" or record.get("attack") == INVERSION_ATTACK
+  """Whether a record counts.
+
+  FedAvg's only when scored by the current inversion attack; an undefended run that sends
+  smashed data only when the inverse network attacked it at every window (records from
+  before it did so, at the end only, are superseded: their rows score again, reusing
+  their checkpoints).
+  """
+  if record["orientation"] == "fedavg":
+    return record.get("attack") == INVERSION_ATTACK
+  row = {r.name: r for r in rows()}.get(record["row"])
+  windows = sorted(map(int, record["attacks"]))
+  if row is None or record.get("diverged") or len(reconstruction_windows(row, windows)) < 2:
+    return True
+  return all("recon_psnr" in scores for scores in record["attacks"].values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +135,18 @@ def rows() -> list[Row]:
       else:
         out += [Row(family, defence, s) for s in STRENGTHS[defence]]
   return out
+
+
+def reconstruction_windows(row: Row, windows) -> tuple[int, ...]:
+  """The windows at which the inverse network attacks a row's runs.
+
+  Every window for the undefended run of each family that sends smashed data (how the
+  leak evolves over training), the last for the others (the trade-off at the end).
+  """
+  undefended = any(base_row(Row(family, "none", 0.0)) == row for family in DEFENCES_OF)
+  if row.orientation in SMASHED_ORIENTATIONS and undefended:
+    return tuple(windows)
+  return tuple(windows[-1:])
 
 
 def base_row(row: Row) -> Row:
@@ -165,14 +194,16 @@ PROFILES = {
                    (0, 1, 2), True,
                    ("MNIST (Fashion-MNIST: profile cpu_fashion_mnist; CIFAR-10 not run)",
                     "3 seeds", "300 steps of 32 examples per client",
-                    "reconstruction attack on client 0 at the end of training only")),
+                    "reconstruction attack on client 0, at every window for the undefended "
+                    "runs, at the end of training for the defended ones")),
     # The same rows on Fashion-MNIST, at the MNIST rates (not re-tuned: a reduction).
     "cpu_fashion_mnist": Profile(
         {"source": "tfds", "name": "fashion_mnist", "partition": "iid"},
         {"name": "mlp", "hidden_sizes": (100, 100)}, 10, 300, (0, 150, 292), 8, (0, 1, 2),
         True, ("Fashion-MNIST at the learning rates tuned on MNIST (not re-tuned)",
                "3 seeds", "300 steps of 32 examples per client",
-               "reconstruction attack on client 0 at the end of training only")),
+               "reconstruction attack on client 0, at every window for the undefended "
+               "runs, at the end of training for the defended ones")),
     "test": Profile({"source": "synthetic"}, {"name": "mlp", "hidden_sizes": (8, 8)}, 3, 20,
                     (0, 18), 2, (0, 1), False, ("embedded synthetic data: a pipeline check",),
                     reconstruction.AttackBudget((16,), 20, (16,), 20, 16),
@@ -260,8 +291,10 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
   partial_path = cell / "windows.json"
   partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
   last = profile.windows[-1]
+  recon_at = reconstruction_windows(row, profile.windows)
   for t in profile.windows:
-    if str(t) in partial:
+    if str(t) in partial and (t not in recon_at or all(
+        "recon_psnr" in v or v.get("diverged") for v in partial[str(t)].values())):
       continue
     if fedavg and t != last:  # no split messages: FedAvg is attacked at the end only
       partial[str(t)] = {str(s): {"label_auc": None, "input_dcor": None} for s in seeds}
@@ -295,8 +328,9 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
                 else messages.record_window)
       window, after = record(seed_config, states[s], federation, profile.window_steps)
       scores[str(s)] = attacks.attack_all(window)
-      if t == last:  # the end of training: the accuracy, and the costly attack
+      if t == last:  # the end of training: the accuracy
         scores[str(s)]["accuracy"] = _accuracy(seed_config, after, federation)
+      if t in recon_at:  # the costly attack
         recon = reconstruction.attack_client(seed_config, states[s], federation, window,
                                              budget=profile.attack_budget) or {}
         scores[str(s)].update({f"recon_{k}": recon.get(k) for k in
