@@ -135,3 +135,17 @@ def test_a_splitfed_window_is_the_runs_own_rounds_and_first_step_messages(tmp_pa
   np.testing.assert_allclose(window.messages["up/smashed"][0, :4], np.asarray(bottom(x[0])),
                              rtol=1e-5, atol=1e-6)
   assert attacks.attack_all(window)["label_auc"] == 1.0  # labels go up under this cut
+
+
+def test_per_client_scores_and_the_norm_attacks_one_vs_rest_mean():
+  # Client 0: 3 balanced classes whose gradient norms are 3, 2, 1: one-vs-rest AUCs 1,
+  # 0.5 (norm 2 sits between the others), 0; mean 0.5: a single score cannot rank every
+  # class first. Client 1: one class only, no score.
+  labels = np.array([[0, 1, 2] * 4, [1] * 12])
+  norms = np.array([3.0, 2.0, 1.0])[labels]
+  grads = norms[..., None] * np.array([1.0, 0.0])  # [2, 12, 2]
+  np.testing.assert_allclose(attacks.norm_leakage(_window(grads, labels)), [0.5, np.nan])
+  out = attacks.attack_all(_window(grads, labels), per_client=True)
+  assert out["label_auc_norm"] == 0.5 and out["label_auc_norm_clients"] == [0.5, None]
+  assert out["label_auc_clients"][1] is None and out["label_auc"] == out["label_auc_clients"][0]
+  assert set(attacks.attack_all(_window(grads, labels))) == {"label_auc", "input_dcor"}

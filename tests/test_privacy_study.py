@@ -61,6 +61,12 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
     assert ("recon_psnr" in r["attacks"]["0"]) == undefended
     if undefended:
       assert 0 <= r["attacks"]["0"]["recon_classifier_accuracy"] <= 1
+    # Each client's label AUC and the norm attack: every window of the undefended runs
+    # whose clients send cut-layer gradients.
+    per_client = r["row"] == "u_shaped/none=0"
+    assert all(("label_auc_clients" in w) == per_client for w in r["attacks"].values())
+    if per_client:
+      assert len(r["attacks"]["0"]["label_auc_clients"]) == 3  # the profile's clients
   before = results.read_text()
   tradeoff.run_profile(results, tmp_path / "scratch", "test", verbose=False)
   assert results.read_text() == before  # recorded rows do not run again
@@ -90,6 +96,7 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
   assert "## Threat model" in text and "| u_shaped | cut_grad_noise_std | 0.03 | 2 |" in text
   assert "| fedavg | none | 0 | 2 | 0.0" not in text  # the superseded records' accuracy
   assert "FedAvg's gradient inversion restored" in text
+  assert "## Reconstruction over training" in text and "## Label inference over training" in text
   for attack in report.FIGURES:
     assert (tmp_path / "figures" / "privacy" / f"privacy_test_{attack}.png").exists()
   report.write_report(results, document)

@@ -14,6 +14,13 @@ What the server of docs/privacy.md can compute from a `messages.Window`:
 Raw inputs ('up/inputs', the 'top' orientation) and labels ('up/labels', 'bottom') are
 sent in the clear: the suite reports them as fully leaked (AUC 1, dCor 1) rather than
 attacking them.
+
+With `per_client`, the suite also keeps each client's cosine AUC and scores the norm
+attack of Li et al. (`label_inference.norm_attack_auc`), one-vs-rest: per client the mean
+over its classes of the AUC of the gradient norms for that class. The norm attack is
+built for imbalanced binary tasks (the minority class gets the larger gradients); on
+balanced ten-class tasks a single score cannot rank every class first, so it sits near
+0.5 there, which is why the cosine attack is the study's measure.
 """
 
 import jax
@@ -49,6 +56,29 @@ def label_leakage(window: messages.Window) -> np.ndarray | None:
   return out
 
 
+def norm_leakage(window: messages.Window) -> np.ndarray | None:
+  """Per-client mean one-vs-rest AUC of the norm attack; None when no gradient is sent.
+
+  Args:
+    window: a recorded window.
+
+  Returns:
+    float64 [M] (NaN for a client with fewer than two classes in the window), or None
+    when the window holds no cut-layer gradients.
+  """
+  grads = window.messages.get("up/cut_gradients")
+  if grads is None:
+    return None
+  out = np.full(window.y.shape[0], np.nan)
+  for m in range(window.y.shape[0]):
+    labels = window.y[m]
+    classes = np.unique(labels)
+    if len(classes) >= 2:
+      out[m] = np.mean([label_inference.norm_attack_auc(grads[m], labels, c)
+                        for c in classes])
+  return out
+
+
 def input_dependence(window: messages.Window) -> np.ndarray | None:
   """Per-client dCor(inputs, what the server received of them); None when nothing is.
 
@@ -68,20 +98,31 @@ def input_dependence(window: messages.Window) -> np.ndarray | None:
   return np.asarray(dcor, np.float64)
 
 
-def attack_all(window: messages.Window) -> dict[str, float | None]:
+def attack_all(window: messages.Window, per_client: bool = False) -> dict:
   """The suite's numbers, each the mean over clients (None where it does not apply).
 
   Args:
     window: a recorded window.
+    per_client: also 'label_auc_clients' (each client's cosine AUC), 'label_auc_norm'
+      and 'label_auc_norm_clients' (the norm attack, its mean and per client).
 
   Returns:
     {'label_auc', 'input_dcor'} means over the clients (NaNs ignored; None when the
-    message is not sent, or no client could be scored).
+    message is not sent, or no client could be scored), and the per-client keys.
   """
   def mean(values):
     # A window where no client has two classes (tiny batches) has no label score.
     if values is None or np.all(np.isnan(values)):
       return None
     return float(np.nanmean(values))
-  return {"label_auc": mean(label_leakage(window)),
-          "input_dcor": mean(input_dependence(window))}
+
+  def each(values):
+    return None if values is None else [None if np.isnan(v) else float(v) for v in values]
+
+  cosine = label_leakage(window)
+  out = {"label_auc": mean(cosine), "input_dcor": mean(input_dependence(window))}
+  if per_client:
+    norm = norm_leakage(window)
+    out.update(label_auc_clients=each(cosine), label_auc_norm=mean(norm),
+               label_auc_norm_clients=each(norm))
+  return out

@@ -84,8 +84,10 @@ INVERTED_BATCH = 4   # the FedSGD update the server inverts: 4 of client 0's exa
 INVERSION_ATTACK = "inverting_gradients"
 
 
-# The orientations whose clients send smashed data: the inverse network attacks them.
+# The orientations whose clients send smashed data (the inverse network attacks them),
+# and those whose clients send cut-layer gradients of their own head (label inference).
 SMASHED_ORIENTATIONS = ("u_shaped", "bottom", "splitfed_v2")
+LABEL_ORIENTATIONS = ("u_shaped", "top")
 
 
 def is_current(record: dict) -> bool:
@@ -100,9 +102,28 @@ def is_current(record: dict) -> bool:
     return record.get("attack") == INVERSION_ATTACK
   row = {r.name: r for r in rows()}.get(record["row"])
   windows = sorted(map(int, record["attacks"]))
-  if row is None or record.get("diverged") or len(reconstruction_windows(row, windows)) < 2:
+  if row is None or record.get("diverged"):
     return True
-  return all("recon_psnr" in scores for scores in record["attacks"].values())
+  return all(key in record["attacks"][str(t)] for t in windows
+             for key in required_scores(row, t, windows))
+
+
+def _is_undefended(row: "Row") -> bool:
+  """Whether `row` is the undefended run of some family (`base_row`)."""
+  return any(base_row(Row(family, "none", 0.0)) == row for family in DEFENCES_OF)
+
+
+def required_scores(row: "Row", t: int, windows) -> tuple[str, ...]:
+  """The score keys a row's window t must hold to count as scored.
+
+  The inverse network's at its `reconstruction_windows`; for the undefended runs whose
+  clients send cut-layer gradients ('u_shaped', 'top'), each client's label-inference
+  AUC and the norm attack at every window (`attacks.attack_all(per_client=True)`).
+  """
+  keys = ("recon_psnr",) if t in reconstruction_windows(row, windows) else ()
+  if row.orientation in LABEL_ORIENTATIONS and _is_undefended(row):
+    keys += ("label_auc_clients", "label_auc_norm")
+  return keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +164,7 @@ def reconstruction_windows(row: Row, windows) -> tuple[int, ...]:
   Every window for the undefended run of each family that sends smashed data (how the
   leak evolves over training), the last for the others (the trade-off at the end).
   """
-  undefended = any(base_row(Row(family, "none", 0.0)) == row for family in DEFENCES_OF)
-  if row.orientation in SMASHED_ORIENTATIONS and undefended:
+  if row.orientation in SMASHED_ORIENTATIONS and _is_undefended(row):
     return tuple(windows)
   return tuple(windows[-1:])
 
@@ -292,9 +312,11 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
   partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
   last = profile.windows[-1]
   recon_at = reconstruction_windows(row, profile.windows)
+  per_client = "label_auc_clients" in required_scores(row, last, profile.windows)
   for t in profile.windows:
-    if str(t) in partial and (t not in recon_at or all(
-        "recon_psnr" in v or v.get("diverged") for v in partial[str(t)].values())):
+    needed = required_scores(row, t, profile.windows)
+    if str(t) in partial and all(v.get("diverged") or all(k in v for k in needed)
+                                 for v in partial[str(t)].values()):
       continue
     if fedavg and t != last:  # no split messages: FedAvg is attacked at the end only
       partial[str(t)] = {str(s): {"label_auc": None, "input_dcor": None} for s in seeds}
@@ -327,7 +349,7 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
       record = (messages.record_splitfed_window if row.orientation == "splitfed_v2"
                 else messages.record_window)
       window, after = record(seed_config, states[s], federation, profile.window_steps)
-      scores[str(s)] = attacks.attack_all(window)
+      scores[str(s)] = attacks.attack_all(window, per_client=per_client)
       if t == last:  # the end of training: the accuracy
         scores[str(s)]["accuracy"] = _accuracy(seed_config, after, federation)
       if t in recon_at:  # the costly attack
