@@ -30,6 +30,32 @@ from mtsl_jax import distance_correlation
 from mtsl_jax.privacy import label_inference, messages
 
 
+def _per_client(window: messages.Window, score) -> np.ndarray | None:
+  """score(gradients [n, ...], labels [n]) per client, NaN for a client with fewer than two
+  classes in the window; None when the window holds no cut-layer gradients."""
+  grads = window.messages.get("up/cut_gradients")
+  if grads is None:
+    return None
+  out = np.full(window.y.shape[0], np.nan)
+  for m in range(window.y.shape[0]):
+    if len(np.unique(window.y[m])) >= 2:
+      out[m] = score(grads[m], window.y[m])
+  return out
+
+
+def _cosine_one_vs_rest(grads: np.ndarray, labels: np.ndarray) -> float:
+  """The cosine attack's mean AUC, the first example of each class known."""
+  classes, first = np.unique(labels, return_index=True)
+  known = {int(c): int(i) for c, i in zip(classes, first)}
+  return label_inference.cosine_attack_auc(grads, labels, known)["mean"]
+
+
+def _norm_one_vs_rest(grads: np.ndarray, labels: np.ndarray) -> float:
+  """The norm attack's AUC for each class against the rest, averaged over the classes."""
+  return float(np.mean([label_inference.norm_attack_auc(grads, labels, c)
+                        for c in np.unique(labels)]))
+
+
 def label_leakage(window: messages.Window) -> np.ndarray | None:
   """Per-client mean one-vs-rest AUC of the cosine attack; None when labels never travel.
 
@@ -42,18 +68,7 @@ def label_leakage(window: messages.Window) -> np.ndarray | None:
   """
   if "up/labels" in window.messages:
     return np.ones(window.y.shape[0])
-  grads = window.messages.get("up/cut_gradients")
-  if grads is None:
-    return None
-  out = np.full(window.y.shape[0], np.nan)
-  for m in range(window.y.shape[0]):
-    labels = window.y[m]
-    classes, first = np.unique(labels, return_index=True)
-    if len(classes) < 2:
-      continue
-    known = {int(c): int(i) for c, i in zip(classes, first)}
-    out[m] = label_inference.cosine_attack_auc(grads[m], labels, known)["mean"]
-  return out
+  return _per_client(window, _cosine_one_vs_rest)
 
 
 def norm_leakage(window: messages.Window) -> np.ndarray | None:
@@ -66,17 +81,7 @@ def norm_leakage(window: messages.Window) -> np.ndarray | None:
     float64 [M] (NaN for a client with fewer than two classes in the window), or None
     when the window holds no cut-layer gradients.
   """
-  grads = window.messages.get("up/cut_gradients")
-  if grads is None:
-    return None
-  out = np.full(window.y.shape[0], np.nan)
-  for m in range(window.y.shape[0]):
-    labels = window.y[m]
-    classes = np.unique(labels)
-    if len(classes) >= 2:
-      out[m] = np.mean([label_inference.norm_attack_auc(grads[m], labels, c)
-                        for c in classes])
-  return out
+  return _per_client(window, _norm_one_vs_rest)
 
 
 def input_dependence(window: messages.Window) -> np.ndarray | None:
