@@ -205,3 +205,21 @@ def test_a_window_scored_without_the_reconstruction_it_now_needs_is_scored_again
   partial.write_text(json.dumps(scores))
   again = tradeoff.run_row(results, scratch, "test", row, verbose=False)
   assert [r["attacks"] for r in again] == [r["attacks"] for r in first]
+
+
+def test_a_diverged_seed_is_left_out_of_the_pairing_and_said():
+  def rec(row, seed, acc, recon):
+    return {"profile": "cpu", "row": row, "seed": seed, "accuracy": acc,
+            "orientation": "bottom", "defence": row.split("/")[1].split("=")[0],
+            "diverged": acc is None,
+            "attacks": {"292": {"label_auc": 1.0, "input_dcor": 0.8,
+                                "recon_classifier_accuracy": recon}}}
+
+  base, defended = "bottom/none=0", "bottom/nopeek_weight=3"
+  recs = [rec(base, s, 0.9, 0.8) for s in range(3)]
+  recs += [rec(defended, 0, None, None), rec(defended, 1, 0.5, 0.1), rec(defended, 2, 0.6, 0.2)]
+  (effect,) = report.defence_effects(recs)
+  assert effect["n"] == 2 and effect["left_out"] == 1
+  assert abs(100 * effect["accuracy"].difference.mean + 35.0) < 1e-9  # -40 and -30 points
+  (reading,) = [r for r in report.readings([effect]) if "reconstructed" in r]
+  assert reading.endswith("; and 1 seed(s) diverged, left out of both tests.")

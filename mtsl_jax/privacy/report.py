@@ -157,7 +157,8 @@ def defence_effects(recs: Sequence[dict]) -> list[dict]:
 
   Returns:
     One dict per (profile, defended row with records): 'profile', 'row' (tradeoff.Row),
-    'n' (paired seeds), 'accuracy' (PairedTest), 'reductions' {score: PairedTest}.
+    'n' (paired seeds), 'left_out' (seeds left out: diverged in either row),
+    'accuracy' (PairedTest), 'reductions' {score: PairedTest}.
   """
   latest = {(r["profile"], r["row"], r["seed"]): r for r in recs}
   out = []
@@ -171,7 +172,12 @@ def defence_effects(recs: Sequence[dict]) -> list[dict]:
       if not seeds:
         continue
       pairs = [(latest[(profile, row.name, s)], latest[(profile, base, s)]) for s in seeds]
-      effect = {"profile": profile, "row": row, "n": len(seeds),
+      # A seed that diverged has no accuracy or scores to pair: left out, and counted.
+      finite = [(d, b) for d, b in pairs if _finite(d["accuracy"]) and _finite(b["accuracy"])]
+      left_out, pairs = len(pairs) - len(finite), finite
+      if not pairs:
+        continue
+      effect = {"profile": profile, "row": row, "n": len(pairs), "left_out": left_out,
                 "accuracy": statistics.paired([d["accuracy"] for d, _ in pairs],
                                               [b["accuracy"] for _, b in pairs]),
                 "reductions": {}}
@@ -181,6 +187,10 @@ def defence_effects(recs: Sequence[dict]) -> list[dict]:
           effect["reductions"][score] = statistics.paired(*zip(*values))
       out.append(effect)
   return out
+
+
+def _finite(value) -> bool:
+  return value is not None and math.isfinite(value)
 
 
 def _end_score(rec: dict, score: str) -> float | None:
@@ -242,7 +252,9 @@ def readings(effects: list[dict]) -> list[str]:
       out.append(f"- {what}: at strength {e['row'].strength:g} (the weakest tried that "
                  f"does) it lowers {SCORE_NAMES[score]} by {reduction.difference.mean:.3f} "
                  f"({fmt.p_text(reduction.p)}), with {cost} "
-                 f"{100 * e['accuracy'].difference.mean:+.1f} points.")
+                 f"{100 * e['accuracy'].difference.mean:+.1f} points"
+                 + (f"; and {e['left_out']} seed(s) diverged, left out of both tests"
+                    if e.get("left_out") else "") + ".")
   return out
 
 
@@ -269,7 +281,9 @@ def _effects_table(effects: list[dict]) -> list[str]:
       row = e["row"]
       cells = [_paired_text(e["reductions"][k]) if k in e["reductions"] else "—"
                for k in ("label_auc", "recon_classifier_accuracy", "input_dcor")]
-      lines.append(f"| {row.family} | {row.defence} | {row.strength:g} | {e['n']} | "
+      n = f"{e['n']}" + (f" ({e['left_out']} diverged, left out)"
+                         if e.get("left_out") else "")
+      lines.append(f"| {row.family} | {row.defence} | {row.strength:g} | {n} | "
                    f"{_paired_text(e['accuracy'], 100, 1)} | " + " | ".join(cells) + " |")
     lines.append("")
   return lines
