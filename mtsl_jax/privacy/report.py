@@ -267,7 +267,8 @@ def _effects_table(effects: list[dict]) -> list[str]:
            "difference, the sample std (ddof = 1) of the per-seed differences and the "
            "p-value. 'holds': the defence lowers that score "
            "significantly; 'fails': it raises it significantly; on the accuracy, 'fails' "
-           "is a significant cost. With 3 seeds only large effects can be significant.",
+           "is a significant cost. A row with n = 3 still waits for seeds 3 and 4 (the profile "
+           "has five); with 3 seeds only large effects can be significant.",
            ""]
   if effects:
     lines += ["In words (the weakest strength of each defence that lowers each score "

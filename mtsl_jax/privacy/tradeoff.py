@@ -208,20 +208,23 @@ class Profile:
   inversion_budget: gradient_inversion.InversionBudget = gradient_inversion.InversionBudget()
 
 
+# The verdicts rest on seeds: five, the project's standard. Seeds 0-2 ran first; a row
+# whose table shows n = 3 still waits for seeds 3 and 4 (the same command adds them).
+FIVE_SEEDS = (0, 1, 2, 3, 4)
 PROFILES = {
     "cpu": Profile({"source": "tfds", "name": "mnist", "partition": "iid"},
                    {"name": "mlp", "hidden_sizes": (100, 100)}, 10, 300, (0, 150, 292), 8,
-                   (0, 1, 2), True,
+                   FIVE_SEEDS, True,
                    ("MNIST (Fashion-MNIST: profile cpu_fashion_mnist; CIFAR-10 not run)",
-                    "3 seeds", "300 steps of 32 examples per client",
+                    "300 steps of 32 examples per client",
                     "reconstruction attack on client 0, at every window for the undefended "
                     "runs, at the end of training for the defended ones")),
     # The same rows on Fashion-MNIST, at the MNIST rates (not re-tuned: a reduction).
     "cpu_fashion_mnist": Profile(
         {"source": "tfds", "name": "fashion_mnist", "partition": "iid"},
-        {"name": "mlp", "hidden_sizes": (100, 100)}, 10, 300, (0, 150, 292), 8, (0, 1, 2),
+        {"name": "mlp", "hidden_sizes": (100, 100)}, 10, 300, (0, 150, 292), 8, FIVE_SEEDS,
         True, ("Fashion-MNIST at the learning rates tuned on MNIST (not re-tuned)",
-               "3 seeds", "300 steps of 32 examples per client",
+               "300 steps of 32 examples per client",
                "reconstruction attack on client 0, at every window for the undefended "
                "runs, at the end of training for the defended ones")),
     "test": Profile({"source": "synthetic"}, {"name": "mlp", "hidden_sizes": (8, 8)}, 3, 20,
