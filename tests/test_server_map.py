@@ -237,7 +237,7 @@ def test_in_short_pools_each_cuts_cells_over_the_maps_of_a_profile():
            ("cpu", "mnist", "dirichlet_0.3", "mtsl_head", fedrep):
                claims("not significant", "fails")}
   (head,) = [line for line in report._in_short(diffs) if line.startswith("- mtsl_head")]
-  assert "1.1% of the parameters on the client" in head
+  assert head.startswith("- mtsl_head, the client holding the head") and "1.1% of the" in head
   assert ": 3 / 0 / 1 of 4 cells (FedRep: 0 / 1 / 1)" in head
   assert "dirichlet_0.3 1 / 0 / 1; label_permutation 2 / 0 / 0" in head
   assert "per client: 25: 2 of 2, all: 1 of 2; per number of clients: 10: 3 of 4." in head

@@ -136,7 +136,7 @@ def _in_short(diffs: dict) -> list[str]:
       share = "" if costs is None else (f", {100 * costs.client_param_share:.1f}% of the "
                                         "parameters on the client")
       lines.append(
-          f"- {mtsl} ({grid.CUTS[cut].description}{share}): "
+          f"- {mtsl}, the client holding {grid.CUTS[cut].description}{share}: "
           f"{_counts(cells)} of {len(cells)} cells (FedRep: {_counts(versus['FedRep'])}); "
           f"by heterogeneity: {settings}. Wins per examples per client: "
           f"{_wins_by(cells, 2, _examples_label)}; per number of clients: "
