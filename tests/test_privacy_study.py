@@ -103,14 +103,24 @@ def test_tiny_study_records_utility_and_leakage_and_writes_the_document(tmp_path
   assert document.read_text() == text
 
 
-def test_an_interrupted_row_resumes_at_its_first_unscored_window(tmp_path):
-  row = tradeoff.Row("top", "none", 0.0)
+def _scored_then_unrecorded(tmp_path, row):
+  """Runs `row` on the test profile, then loses its records (its scratch stays).
+
+  Returns:
+    (the first run's records, the path of its windows.json, that file's scores).
+  """
   results, scratch = tmp_path / "runs.jsonl", tmp_path / "scratch"
   first = tradeoff.run_row(results, scratch, "test", row, verbose=False)
-  # A crash after the last window was scored but before the record was written.
   results.unlink()
   partial = next(scratch.rglob("windows.json"))
-  scores = json.loads(partial.read_text())
+  return first, partial, json.loads(partial.read_text())
+
+
+def test_an_interrupted_row_resumes_at_its_first_unscored_window(tmp_path):
+  row = tradeoff.Row("top", "none", 0.0)
+  # A crash after the last window was scored but before the record was written.
+  first, partial, scores = _scored_then_unrecorded(tmp_path, row)
+  results, scratch = tmp_path / "runs.jsonl", tmp_path / "scratch"
   again = tradeoff.run_row(results, scratch, "test", row, verbose=False)
   assert [r["attacks"] for r in again] == [r["attacks"] for r in first]
   # A crash before the last window was scored: only its segment trains again.
@@ -194,11 +204,8 @@ def test_the_inverse_network_attacks_every_window_of_the_undefended_smashed_runs
 
 def test_a_window_scored_without_the_reconstruction_it_now_needs_is_scored_again(tmp_path):
   row = tradeoff.Row("u_shaped", "none", 0.0)
+  first, partial, scores = _scored_then_unrecorded(tmp_path, row)
   results, scratch = tmp_path / "runs.jsonl", tmp_path / "scratch"
-  first = tradeoff.run_row(results, scratch, "test", row, verbose=False)
-  results.unlink()
-  partial = next(scratch.rglob("windows.json"))
-  scores = json.loads(partial.read_text())
   for seed_scores in scores["0"].values():  # as scored before it ran at every window
     for key in ("recon_psnr", "recon_ssim", "recon_classifier_accuracy"):
       del seed_scores[key]

@@ -26,6 +26,7 @@ is measured at the undefended run's rates.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
@@ -100,7 +101,7 @@ def is_current(record: dict) -> bool:
   """
   if record["orientation"] == "fedavg":
     return record.get("attack") == INVERSION_ATTACK
-  row = {r.name: r for r in rows()}.get(record["row"])
+  row = _rows_by_name().get(record["row"])
   windows = sorted(map(int, record["attacks"]))
   if row is None or record.get("diverged"):
     return True
@@ -167,6 +168,12 @@ def reconstruction_windows(row: Row, windows) -> tuple[int, ...]:
   if row.orientation in SMASHED_ORIENTATIONS and _is_undefended(row):
     return tuple(windows)
   return tuple(windows[-1:])
+
+
+@functools.cache
+def _rows_by_name() -> dict[str, "Row"]:
+  """Every row by its name (the study's rows are constants: built once)."""
+  return {r.name: r for r in rows()}
 
 
 def base_row(row: Row) -> Row:
