@@ -380,7 +380,7 @@ def _reconstruction_over_training(summ: dict) -> list[str]:
       s = mine.get(row.name)
       if s is None or len(tradeoff.reconstruction_windows(row, windows)) < 2:
         continue
-      cells = [fmt.interval_text(s["attacks"][t].get(k), 1, 3) for k in
+      cells = [fmt.interval_with_std(s["attacks"][t].get(k), 1, 3) for k in
                ("recon_classifier_accuracy", "recon_ssim") for t in windows]
       table.append(f"| {row.family} | {row.defence} | {row.strength:g} | {s['seeds']} | "
                    + " | ".join(cells) + " |")
@@ -396,13 +396,13 @@ def _reconstruction_over_training(summ: dict) -> list[str]:
           "The inverse network at every window of each undefended run that sends smashed "
           "data (the decoder is trained anew at each window, against the client bottom "
           "of that point of training): does the leak grow or shrink as the bottom "
-          "learns? Mean ± 95% t half-width over seeds.", "", *lines]
+          "learns? Mean ± 95% t half-width over seeds (sd: the sample std, ddof = 1).", "", *lines]
 
 
 def _seed_mean_text(values: Sequence[float | None]) -> str:
   """'mean ± half-width' over the seeds with a value (3 digits), or '—'."""
   values = [v for v in values if v is not None]
-  return fmt.interval_text(statistics.t_interval(values) if values else None, 1, 3)
+  return fmt.interval_with_std(statistics.t_interval(values) if values else None, 1, 3)
 
 
 def _labels_over_training(recs: Sequence[dict]) -> list[str]:
@@ -438,10 +438,11 @@ def _labels_over_training(recs: Sequence[dict]) -> list[str]:
   return ["## Label inference over training", "",
           "The undefended runs whose clients send the cut-layer gradients of their own head "
           "('u_shaped', 'top'), at every window: the cosine attack's AUC (mean over seeds "
-          "of the mean over clients ± 95% t half-width, and the lowest and highest single "
-          "client over every seed) and the norm attack's, one-vs-rest (it is built for "
-          "imbalanced binary tasks; on balanced ten-class tasks its mean over classes sits "
-          "near 0.5 by construction: a single score cannot rank every class first).", "",
+          "of the mean over clients ± 95% t half-width and its sample std, and the lowest "
+          "and highest single client over every seed) and the norm attack's, one-vs-rest "
+          "(it is built for imbalanced binary tasks; on balanced ten-class tasks its mean "
+          "over classes sits near 0.5 by construction: a single score cannot rank every "
+          "class first).", "",
           *lines]
 
 
