@@ -230,3 +230,18 @@ def test_a_diverged_seed_is_left_out_of_the_pairing_and_said():
   assert abs(100 * effect["accuracy"].difference.mean + 35.0) < 1e-9  # -40 and -30 points
   (reading,) = [r for r in report.readings([effect]) if "reconstructed" in r]
   assert reading.endswith("; and 1 seed(s) diverged, left out of both tests.")
+
+
+def test_the_table_prints_the_sample_std_of_every_end_of_training_score():
+  """Label AUC at the end 0.90, 0.92, 0.94: mean 0.920, sd 0.020, t(2) half-width
+  4.303 x 0.020 / sqrt(3) = 0.050; at the first window 0.5, 0.6, 0.7 (sd 0.1) the cell
+  keeps the t-interval alone."""
+  recs = [{"profile": "cpu", "row": "u_shaped/none=0", "seed": s, "accuracy": 0.9,
+           "orientation": "u_shaped", "defence": "none",
+           "attacks": {"0": {"label_auc": a0, "input_dcor": 0.5},
+                       "292": {"label_auc": a, "input_dcor": 0.5}}}
+          for s, a0, a in ((0, 0.5, 0.90), (1, 0.6, 0.92), (2, 0.7, 0.94))]
+  table = "\n".join(report._table(report._summaries(recs)))  # pylint: disable=protected-access
+  (line,) = [l for l in table.splitlines() if l.startswith("| u_shaped | none |")]
+  assert "| 0.600 ± 0.248 |" in line  # first window: no sd
+  assert "| 0.920 ± 0.050 (sd 0.020) |" in line

@@ -294,8 +294,8 @@ def _table(summ: dict) -> list[str]:
   lines = ["## Privacy-utility table", "",
            "Final mean per-task test accuracy (%) and each attack's score at the start, the "
            "middle and the end of training (window steps), mean ± 95% t half-width over "
-           "seeds (accuracy also with its sample std, ddof = 1); '—' where the message the "
-           "attack reads is not sent.", ""]
+           "seeds (accuracy and every end-of-training score also with its sample std, "
+           "ddof = 1); '—' where the message the attack reads is not sent.", ""]
   for profile in sorted({k[0] for k in summ}):
     mine = {k[1]: v for k, v in summ.items() if k[0] == profile}
     windows = list(next(iter(mine.values()))["attacks"])
@@ -313,10 +313,14 @@ def _table(summ: dict) -> list[str]:
         lines.append(f"| {row.family} | {row.defence} | {row.strength:g} | 0 | not run "
                      "|" + " |" * (2 * len(windows) + 3))
         continue
-      cells = [fmt.interval_text(s["attacks"][t]["label_auc"], 1, 3) for t in windows]
-      cells += [fmt.interval_text(s["attacks"][t]["input_dcor"], 1, 3) for t in windows]
-      cells += [fmt.interval_text(s["attacks"][end].get(k), 1, 2 if k == "recon_psnr" else 3)
-                for k in recon]
+      # The end of training carries the verdicts, so its cells also print the sample std;
+      # the earlier windows keep the table readable with the t-interval alone.
+      def cell(t, k, digits=3):
+        text = fmt.interval_with_std if t == end else fmt.interval_text
+        return text(s["attacks"][t].get(k), 1, digits)
+      cells = [cell(t, "label_auc") for t in windows]
+      cells += [cell(t, "input_dcor") for t in windows]
+      cells += [cell(end, k, 2 if k == "recon_psnr" else 3) for k in recon]
       seeds = f"{s['seeds']}" + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
       lines.append(f"| {row.family} | {row.defence} | {row.strength:g} | {seeds} | "
                    f"{fmt.interval_with_std(s['accuracy'], 100)} | " + " | ".join(cells) + " |")
