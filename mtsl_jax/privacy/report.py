@@ -290,6 +290,14 @@ def _effects_table(effects: list[dict]) -> list[str]:
   return lines
 
 
+def _attack_cell(attacks: dict, window: str, end: str, attack: str, digits: int = 3) -> str:
+  """One attack's score at one window; the end of training carries the verdicts, so its
+  cells also print the sample std (the earlier windows keep the t-interval alone, to keep
+  the table readable)."""
+  text = fmt.interval_with_std if window == end else fmt.interval_text
+  return text(attacks[window].get(attack), 1, digits)
+
+
 def _table(summ: dict) -> list[str]:
   lines = ["## Privacy-utility table", "",
            "Final mean per-task test accuracy (%) and each attack's score at the start, the "
@@ -313,14 +321,10 @@ def _table(summ: dict) -> list[str]:
         lines.append(f"| {row.family} | {row.defence} | {row.strength:g} | 0 | not run "
                      "|" + " |" * (2 * len(windows) + 3))
         continue
-      # The end of training carries the verdicts, so its cells also print the sample std;
-      # the earlier windows keep the table readable with the t-interval alone.
-      def cell(t, k, digits=3):
-        text = fmt.interval_with_std if t == end else fmt.interval_text
-        return text(s["attacks"][t].get(k), 1, digits)
-      cells = [cell(t, "label_auc") for t in windows]
-      cells += [cell(t, "input_dcor") for t in windows]
-      cells += [cell(end, k, 2 if k == "recon_psnr" else 3) for k in recon]
+      cells = [_attack_cell(s["attacks"], t, end, "label_auc") for t in windows]
+      cells += [_attack_cell(s["attacks"], t, end, "input_dcor") for t in windows]
+      cells += [_attack_cell(s["attacks"], end, end, k, 2 if k == "recon_psnr" else 3)
+                for k in recon]
       seeds = f"{s['seeds']}" + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
       lines.append(f"| {row.family} | {row.defence} | {row.strength:g} | {seeds} | "
                    f"{fmt.interval_with_std(s['accuracy'], 100)} | " + " | ".join(cells) + " |")
