@@ -153,6 +153,27 @@ def test_ablations_are_paired_with_their_mtsl_row_at_the_same_cell():
   assert frozen["n"] == 3
 
 
+def test_an_ablated_seed_that_diverged_is_left_out_and_said_in_the_table(tmp_path):
+  """Seed 2 of the data-size rates diverges: the paired test runs on seeds 0 and 1
+  (-0.10 and -0.11), and the table's cell says the third seed diverged."""
+  recs = _hand_made()
+  recs += [_record("mtsl_head+data_size_rates", s, acc, phase="ablations")
+           for s, acc in ((0, 0.75), (1, 0.76))]
+  recs.append(dict(_record("mtsl_head+data_size_rates", 2, 0.0, phase="ablations"),
+                   diverged="non-finite values at step 14", curve=None, final=None))
+  cell = analysis.ablations(analysis.summaries(recs))[
+      ("cpu", "mnist", "dirichlet_0.3", 25, 10, "mtsl_head")]["data_size_rates"]
+  assert cell["n"] == 2 and cell["diverged"] == 1
+  assert cell["mean"] == pytest.approx(-0.105)
+  results = tmp_path / "runs.jsonl"
+  records.ResultsFile(results).append(recs)
+  document = tmp_path / "when.md"
+  report.write_report(results, document)
+  (row,) = [line for line in document.read_text().splitlines()
+            if line.startswith("| mnist / dirichlet_0.3 (cpu) | 25 examples x 10 clients |")]
+  assert row.endswith("n=2; 1 seed(s) diverged, left out |")
+
+
 def test_the_document_states_the_answer_the_records_give(tmp_path):
   results = tmp_path / "runs.jsonl"
   records.ResultsFile(results).append(_hand_made())

@@ -340,8 +340,17 @@ def _ablation_table(ablations: dict) -> list[str]:
   for key in sorted(ablations, key=lambda k: (k[:3], k[4], k[3] == 0, k[3], k[5])):
     row = ablations[key]
     lines.append(f"| {_map_label(key[:3])} | {_regime_text(key[3:5])} | {key[5]} | "
-                 + " | ".join(fmt.verdict_text(row.get(n), "not run") for n in names) + " |")
+                 + " | ".join(_ablation_cell(row.get(n)) for n in names) + " |")
   return lines + [""]
+
+
+def _ablation_cell(comparison: dict | None) -> str:
+  """The paired verdict, and the ablated seeds that diverged (left out of the test: a
+  loss the test itself cannot show)."""
+  text = fmt.verdict_text(comparison, "not run")
+  if comparison and comparison.get("diverged"):
+    text += f"; {comparison['diverged']} seed(s) diverged, left out"
+  return text
 
 
 def _cuts(summ: dict) -> list[str]:
