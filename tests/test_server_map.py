@@ -174,6 +174,28 @@ def test_an_ablated_seed_that_diverged_is_left_out_and_said_in_the_table(tmp_pat
   assert row.endswith("n=2; 1 seed(s) diverged, left out |")
 
 
+def test_an_ablation_that_changed_nothing_is_said_and_counted_apart(tmp_path):
+  """Every client holds 25 examples, so data-size weights are uniform: the ablated runs
+  equal the MTSL row on every seed; the table says so and the summary does not count the
+  cell as 'not significant' evidence."""
+  recs = _hand_made()
+  recs += [dict(r, method="mtsl_head+data_size_weights", phase="ablations")
+           for r in _hand_made() if r["method"] == "mtsl_head" and r["examples"] == 25]
+  cell = analysis.ablations(analysis.summaries(recs))[
+      ("cpu", "mnist", "dirichlet_0.3", 25, 10, "mtsl_head")]
+  assert cell["data_size_weights"]["identical"] and not cell["frozen_server"]["identical"]
+  results = tmp_path / "runs.jsonl"
+  records.ResultsFile(results).append(recs)
+  document = tmp_path / "when.md"
+  report.write_report(results, document)
+  text = document.read_text()
+  assert ("| no change: the MTSL row's run (every client holds the same examples) n=3 |"
+          in text)
+  assert ("task weights n_m / sum n instead of uniform: 0 cells significantly worse, 0 not "
+          "significant, 0 better (no difference measured); in 1 more it changed nothing "
+          "(every client holds the same examples); no cell run could show its effect.") in text
+
+
 def test_the_document_states_the_answer_the_records_give(tmp_path):
   results = tmp_path / "runs.jsonl"
   records.ResultsFile(results).append(_hand_made())

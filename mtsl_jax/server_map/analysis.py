@@ -135,8 +135,10 @@ def ablations(summ: dict[tuple, dict]) -> dict[tuple, dict[str, dict]]:
   Returns:
     (profile, dataset, setting, examples, clients, MTSL row) -> ablation -> the
     `v2_analysis.claim` of the ablated row minus the MTSL row, with 'accuracy' (the
-    ablated row's t-interval) and 'diverged' (its seeds that diverged, left out of the
-    paired test).
+    ablated row's t-interval), 'diverged' (its seeds that diverged, left out of the
+    paired test) and 'identical' (True when every paired seed's accuracy equals the MTSL
+    row's: the ablation changed nothing, e.g. data-size weights where every client holds
+    the same number of examples).
   """
   out = collections.defaultdict(dict)
   for key, s in summ.items():
@@ -146,8 +148,11 @@ def ablations(summ: dict[tuple, dict]) -> dict[tuple, dict[str, dict]]:
     mtsl = (*key[:5], grid.base_method(key[5]))
     if mtsl not in summ:
       continue
-    out[mtsl][ablation] = dict(v2_analysis.claim(s, summ[mtsl]), accuracy=s["accuracy"],
-                               diverged=len(s["diverged"]))
+    c = v2_analysis.claim(s, summ[mtsl])
+    identical = bool(c["seeds"]) and all(
+        s["final_mean"][seed] == summ[mtsl]["final_mean"][seed] for seed in c["seeds"])
+    out[mtsl][ablation] = dict(c, accuracy=s["accuracy"], diverged=len(s["diverged"]),
+                               identical=identical)
   return dict(out)
 
 

@@ -166,6 +166,13 @@ _READINGS = {
 }
 
 
+# Why an ablation can leave a run unchanged (its accuracy equal to the MTSL row's on every
+# seed): data-size weights and rate multipliers are uniform when every client holds the
+# same number of examples (label permutation; a cap that every client reaches).
+_IDENTICAL_WHY = {"data_size_weights": " (every client holds the same examples)",
+                  "data_size_rates": " (every client holds the same examples)"}
+
+
 def _mechanism(ablations: dict) -> list[str]:
   if not ablations:
     return ["The ablations are not recorded yet: the mechanism is open.", ""]
@@ -175,6 +182,9 @@ def _mechanism(ablations: dict) -> list[str]:
     found = [c[ablation] for c in ablations.values() if ablation in c]
     if not found:
       continue
+    # A cell where the ablation changed nothing is no evidence either way: counted apart.
+    unchanged = sum(bool(c.get("identical")) for c in found)
+    found = [c for c in found if not c.get("identical")]
     counts = {v: sum(c["verdict"] == v for c in found) for v in
               ("holds", "not significant", "fails")}
     means = [100 * c["mean"] for c in found if c["mean"] is not None]
@@ -185,7 +195,9 @@ def _mechanism(ablations: dict) -> list[str]:
     if diverged:  # a seed that diverged is a loss the paired test cannot see
       none = (f"{diverged} seed(s) diverged in {sum(c['diverged'] > 0 for c in found)} "
               "cell(s), left out of the tests: unstable at the MTSL row's rates")
-    if counts["fails"] and not counts["holds"]:
+    if not found:
+      reading = "no cell run could show its effect"
+    elif counts["fails"] and not counts["holds"]:
       reading = worse
     elif counts["holds"] and not counts["fails"]:
       reading = better
@@ -193,9 +205,11 @@ def _mechanism(ablations: dict) -> list[str]:
       reading = "it depends on the cell (see the ablation table)"
     else:
       reading = none
+    same = (f"; in {unchanged} more it changed nothing"
+            f"{_IDENTICAL_WHY.get(ablation, '')}" if unchanged else "")
     lines.append(f"- {what}: {counts['fails']} cells significantly worse, "
                  f"{counts['not significant']} not significant, {counts['holds']} better "
-                 f"({span}); {reading}.")
+                 f"({span}){same}; {reading}.")
   lines += ["- no server part at all (each client owns the whole model): that is the "
             "local-only row of the map, above.", ""]
   return lines
@@ -340,13 +354,15 @@ def _ablation_table(ablations: dict) -> list[str]:
   for key in sorted(ablations, key=lambda k: (k[:3], k[4], k[3] == 0, k[3], k[5])):
     row = ablations[key]
     lines.append(f"| {_map_label(key[:3])} | {_regime_text(key[3:5])} | {key[5]} | "
-                 + " | ".join(_ablation_cell(row.get(n)) for n in names) + " |")
+                 + " | ".join(_ablation_cell(n, row.get(n)) for n in names) + " |")
   return lines + [""]
 
 
-def _ablation_cell(comparison: dict | None) -> str:
+def _ablation_cell(ablation: str, comparison: dict | None) -> str:
   """The paired verdict, and the ablated seeds that diverged (left out of the test: a
-  loss the test itself cannot show)."""
+  loss the test itself cannot show); an ablation that changed nothing says so."""
+  if comparison and comparison.get("identical"):
+    return f"no change: the MTSL row's run{_IDENTICAL_WHY.get(ablation, '')} n={comparison['n']}"
   text = fmt.verdict_text(comparison, "not run")
   if comparison and comparison.get("diverged"):
     text += f"; {comparison['diverged']} seed(s) diverged, left out"
