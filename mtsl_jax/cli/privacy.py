@@ -5,9 +5,12 @@ of its own training, and docs/privacy.md.
   python launch/privacy.py --phases=report                     # only the document
   python launch/privacy.py --attack=WORKDIR                    # attack one finished run
 
-Phases: run (every row of mtsl_jax/privacy/tradeoff.py not recorded yet: train, record
-the messages at the start, middle and end of training, attack them; one line per row
-and seed in results/privacy/runs.jsonl), report (docs/privacy.md and its figures, from
+Phases: tune_attack (FedAvg's gradient-inversion attacker: every candidate setting of
+the profile scored on batches the study does not attack, one line per setting and batch
+in results/privacy/attacker_tuning.jsonl; mtsl_jax/privacy/attacker_tuning.py), run
+(every row of mtsl_jax/privacy/tradeoff.py not recorded yet: train, record the messages
+at the start, middle and end of training, attack them; one line per row and seed in
+results/privacy/runs.jsonl), report (docs/privacy.md and its figures, from
 the records alone). A defence is a config field (`config.privacy`), so any run of
 `launch/train.py` can use one.
 
@@ -21,9 +24,10 @@ import sys
 from absl import flags
 
 from mtsl_jax import exit_codes
-from mtsl_jax.privacy import attack_run, report, tradeoff
+from mtsl_jax.privacy import attack_run, attacker_choice, attacker_tuning, report, tradeoff
 
-_PHASES = ("run", "report")
+# tune_attack first: the FedAvg row's attacker settings are checked on their own batches.
+_PHASES = ("tune_attack", "run", "report")
 _PROFILE = flags.DEFINE_string("profile", "cpu", f"Which rows and budget: one of "
                                f"{list(tradeoff.PROFILES)}.")
 _PHASE_LIST = flags.DEFINE_list("phases", list(_PHASES), "Phases to run, in order.")
@@ -59,10 +63,14 @@ def _study() -> None:
     print(f"privacy: wrote {pathlib.Path(_ATTACK.value) / 'privacy.json'}", flush=True)
     return
   results = pathlib.Path(_RESULTS.value)
+  attacker_results = results.parent / attacker_choice.RESULTS_NAME
+  if "tune_attack" in _PHASE_LIST.value:
+    attacker_tuning.tune(attacker_results, pathlib.Path(_SCRATCH.value), _PROFILE.value,
+                         _TFDS.value)
   if "run" in _PHASE_LIST.value:
     tradeoff.run_profile(results, pathlib.Path(_SCRATCH.value), _PROFILE.value, _TFDS.value)
   if "report" in _PHASE_LIST.value:
-    report.write_report(results, pathlib.Path(_REPORT.value))
+    report.write_report(results, pathlib.Path(_REPORT.value), attacker_results)
     print(f"privacy: wrote {_REPORT.value}", flush=True)
 
 

@@ -37,6 +37,7 @@ import optax
 from scipy import optimize
 
 from mtsl_jax import task_losses
+from mtsl_jax.privacy import reconstruction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,3 +168,36 @@ def pair_up(x: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
   cost = ((x[:, None, :] - flat[None, :, :]) ** 2).mean(-1)
   _, columns = optimize.linear_sum_assignment(cost)
   return r[columns]
+
+
+def attack_batches(apply, params, x: jax.Array, y: jax.Array, num_classes: int,
+                   budget: InversionBudget, classify) -> list[dict]:
+  """Inverts the FedSGD update of each of several batches, in one compiled program.
+
+  Args:
+    apply: the model, (params, x [n, ...]) -> logits [n, C].
+    params: the global model the client trained from (the server sent it).
+    x: the batches' inputs [batches, n, ...]; y: their labels [batches, n].
+    num_classes: the client's label space C.
+    budget: the attacker's optimization.
+    classify: the fixed classifier scoring the reconstructions
+      (`reconstruction.fixed_classifier`).
+
+  Returns:
+    Per batch, `reconstruction.score` of its reconstruction (each true example paired
+    with its closest one) and 'label_accuracy', the share of its labels restored.
+  """
+  n, shape = x.shape[1], tuple(x.shape[2:])
+
+  def one(xb, yb):
+    target = client_gradient(apply, params, xb, yb, num_classes)
+    return invert(apply, params, target, shape, n, num_classes, budget)
+
+  # The batches are vmapped: one trace and one compilation per budget, whatever their number.
+  guesses, labels = jax.jit(jax.vmap(one))(x, y)
+  guesses, labels = np.asarray(guesses), np.asarray(labels)
+  out = []
+  for xb, yb, guess, restored in zip(np.asarray(x), np.asarray(y), guesses, labels):
+    scores = reconstruction.score(xb, pair_up(xb, guess), yb, classify)
+    out.append(dict(scores, label_accuracy=label_accuracy(yb, restored)))
+  return out

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 # pylint: disable=wrong-import-position
 from mtsl_jax.comparison import records, statistics
 from mtsl_jax.comparison import report_format as fmt
-from mtsl_jax.privacy import tradeoff
+from mtsl_jax.privacy import attacker_choice, tradeoff
 # pylint: enable=wrong-import-position
 
 REGENERATE = "python launch/privacy.py --phases=report"
@@ -93,8 +93,8 @@ implementations, and is the undefended step at strength 0 (tests/test_cut_defenc
   client 0's FedSGD update of 4 training examples at the final global model, scored as
   the reconstructions are. FedAvg trains with one local step (FedSGD), so the attacked
   update is exactly what it sends, for the same client steps as the MTSL rows. The
-  attacker's settings (rate 0.03, TV weight 0.01, 2000 iterations) are the best of five
-  tried on ten batches of the MNIST profile's seed-0 model. DLG's squared distance,
+  attacker's settings are tuned on other batches and recorded (section "The
+  gradient-inversion attacker's settings"). DLG's squared distance,
   used before, reconstructs nothing at a trained model (its gradient is small, and any
   dummy with a small gradient matches it: PSNR 7 dB, SSIM 0.01, as its initial noise);
   its records are kept in the file but superseded (`tradeoff.is_current`).
@@ -469,6 +469,54 @@ def _inversion_lines(recs: Sequence[dict]) -> list[str]:
           + lines + [""]) if lines else []
 
 
+def _attacker_section(tuning: Sequence[dict]) -> list[str]:
+  """Every attacker setting tried, per profile, and the one the study uses."""
+  lines = ["## The gradient-inversion attacker's settings", "",
+           "FedAvg's reference attack has hyperparameters; they are tuned like a method's "
+           "(`mtsl_jax/privacy/attacker_choice.py`, run by `attacker_tuning.py`): at the "
+           "end of the profile's FedAvg run (seed 0), on up to 10 batches of "
+           f"{tradeoff.INVERTED_BATCH} of client 0's training examples that are not the "
+           "batch the study attacks. Each round varies its centre one axis at a time (rate "
+           "and TV weight x 1/3 and x 3, iterations x 1/2 and x 2); the best by mean PSNR "
+           "becomes the next centre, until the centre itself is best, so the setting "
+           "chosen is interior on every axis. Mean ± 95% t half-width over the batches "
+           "(sd: sample std, ddof = 1); ★ the setting chosen, which FedAvg's rows use "
+           "(a record scored at another setting is superseded).", ""]
+  summary = attacker_choice.summarize(list(tuning))
+  if not summary:
+    return lines + ["Not run yet (`python launch/privacy.py --phases=tune_attack "
+                    "--profile=cpu --tfds_data_dir=DIR`); FedAvg's rows use the profile's "
+                    "setting.", ""]
+  for profile, settings in sorted(summary.items()):
+    known = tradeoff.PROFILES.get(profile)
+    state = attacker_choice.walk(settings, known.inversion_budget) if known else None
+    chosen = (attacker_choice.setting_name(state.chosen)
+              if state is not None and state.chosen is not None else None)
+    lines += [f"### Profile {profile}", "",
+              "| setting | batches | PSNR (dB) | SSIM | classifier on reconstructions "
+              "| labels restored |", "|---|---|---|---|---|---|"]
+    for name, row in settings.items():
+      lines.append(f"| {name}{' ★' if name == chosen else ''} | {row['batches']} | "
+                   f"{fmt.interval_with_std(row['psnr'], 1, 2)} | "
+                   f"{fmt.interval_with_std(row['ssim'], 1, 3)} | "
+                   f"{fmt.interval_with_std(row['classifier_accuracy'], 1, 3)} | "
+                   f"{fmt.interval_with_std(row['label_accuracy'], 1, 3)} |")
+    if state is None:
+      verdict = "The profile is no longer defined."
+    elif chosen is None:
+      verdict = (f"The tuning is not finished ({len(state.centres)} round(s) begun): rerun "
+                 "`--phases=tune_attack`; FedAvg's rows use the profile's setting meanwhile.")
+    else:
+      path = " → ".join(attacker_choice.setting_name(c) for c in state.centres)
+      centre_best = chosen == attacker_choice.setting_name(state.centres[-1])
+      verdict = (f"Centres: {path}. Chosen: {chosen}"
+                 + (", the best of its round: interior on every axis." if centre_best else
+                    f", after {attacker_choice.MAX_ROUNDS} rounds, the walk's limit: the "
+                    "optimum may lie further out."))
+    lines += ["", verdict, ""]
+  return lines
+
+
 def _rates_section() -> list[str]:
   """The learning rates every row trains at, and where they come from."""
   lines = ["## Learning rates", "",
@@ -484,14 +532,22 @@ def _rates_section() -> list[str]:
   return lines + [""]
 
 
-def write_report(results: pathlib.Path, document: pathlib.Path) -> None:
+def write_report(results: pathlib.Path, document: pathlib.Path,
+                 attacker_results: pathlib.Path | None = None) -> None:
   """Writes docs/privacy.md (or `document`) and its figures from the records.
 
   Args:
     results: the JSONL of privacy records.
     document: the markdown file; figures go to <its dir>/figures/privacy/.
+    attacker_results: the attacker-tuning records (None: attacker_tuning.jsonl beside
+      `results`).
   """
-  recs = [r for r in records.ResultsFile(results).load() if tradeoff.is_current(r)]
+  attacker_results = attacker_results or results.parent / attacker_choice.RESULTS_NAME
+  tuning = records.ResultsFile(attacker_results).load()
+  settings = {profile: attacker_choice.setting_name(tradeoff.fedavg_budget(tuning, profile))
+              for profile in {r["profile"] for r in tuning} if profile in tradeoff.PROFILES}
+  recs = [r for r in records.ResultsFile(results).load()
+          if tradeoff.is_current(r, settings)]
   summ = _summaries(recs)
   figures = document.parent / "figures" / "privacy"
   figures.mkdir(parents=True, exist_ok=True)
@@ -515,6 +571,7 @@ def write_report(results: pathlib.Path, document: pathlib.Path) -> None:
   lines += _reconstruction_over_training(summ)
   lines += _labels_over_training(recs)
   lines += _inversion_lines(recs)
+  lines += _attacker_section(tuning)
   lines += _effects_table(defence_effects(recs))
   # What each recorded profile leaves out, as the study defines it now (a record keeps
   # the text of when it was written, which later rows may have made stale).

@@ -30,16 +30,16 @@ import functools
 import json
 import pathlib
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 
 from mtsl_jax import config_base, data, evaluation, seed_batch, train, validation
 from mtsl_jax.algorithms import local_training
 from mtsl_jax.comparison import records, v2_runner
-from mtsl_jax.privacy import attacks, gradient_inversion, messages, reconstruction
+from mtsl_jax.privacy import (attacker_choice, attacks, gradient_inversion, messages,
+                              reconstruction)
 
 # Strengths per defence, from weak to strong (each also runs at 0: the 'none' row).
 STRENGTHS = {
@@ -91,16 +91,37 @@ SMASHED_ORIENTATIONS = ("u_shaped", "bottom", "splitfed_v2")
 LABEL_ORIENTATIONS = ("u_shaped", "top")
 
 
-def is_current(record: dict) -> bool:
+def inversion_setting(record: dict) -> str | None:
+  """The attacker setting (`attacker_choice.setting_name`) that scored a FedAvg record;
+  records from before it was written down ran at their profile's budget."""
+  if "inversion_setting" in record:
+    return record["inversion_setting"]
+  profile = PROFILES.get(record["profile"])
+  return attacker_choice.setting_name(profile.inversion_budget) if profile else None
+
+
+def fedavg_budget(tuning: Sequence[dict], profile_name: str
+                  ) -> gradient_inversion.InversionBudget:
+  """The inversion setting FedAvg's row uses: the tuned one (`attacker_choice.chosen` over
+  the attacker-tuning records `tuning`), else the profile's own budget."""
+  profile = PROFILES[profile_name]
+  return (attacker_choice.chosen(tuning, profile_name, profile.inversion_budget)
+          or profile.inversion_budget)
+
+
+def is_current(record: dict, inversion_settings: dict[str, str] | None = None) -> bool:
   """Whether a record counts.
 
-  FedAvg's only when scored by the current inversion attack; an undefended run that sends
-  smashed data only when the inverse network attacked it at every window (records from
-  before it did so, at the end only, are superseded: their rows score again, reusing
-  their checkpoints).
+  FedAvg's only when scored by the current inversion attack at the profile's current
+  setting (`inversion_settings`: profile -> setting name; None: any setting); an
+  undefended run that sends smashed data only when the inverse network attacked it at
+  every window (records from before it did so, at the end only, are superseded: their
+  rows score again, reusing their checkpoints).
   """
   if record["orientation"] == "fedavg":
-    return record.get("attack") == INVERSION_ATTACK
+    wanted = (inversion_settings or {}).get(record["profile"])
+    return (record.get("attack") == INVERSION_ATTACK
+            and (wanted is None or inversion_setting(record) == wanted))
   row = _rows_by_name().get(record["row"])
   windows = sorted(map(int, record["attacks"]))
   if row is None or record.get("diverged"):
@@ -200,7 +221,8 @@ class Profile:
     rates: whether to use RATES (False: 0.1 on both sides, the embedded data's).
     reductions: how it departs from a full study.
     attack_budget: the reconstruction attacker's training (client 0, end of training).
-    inversion_budget: the gradient-inversion attacker's optimization (FedAvg's row).
+    inversion_budget: the gradient-inversion attacker's optimization (FedAvg's row):
+      where its tuning starts (`attacker_choice`), and what the row uses untuned.
   """
   dataset: dict[str, Any]
   model: dict[str, Any]
@@ -308,15 +330,21 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
   profile = PROFILES[profile_name]
   check_profile(profile_name)
   out = records.ResultsFile(results)
+  fedavg = row.orientation == "fedavg"
+  # The attacker-tuning records live beside the study's (`attacker_tuning` writes them).
+  budget = (fedavg_budget(records.ResultsFile(results.parent / attacker_choice.RESULTS_NAME)
+                          .load(), profile_name) if fedavg else None)
+  setting = attacker_choice.setting_name(budget) if fedavg else None
   done = {(r["row"], r["seed"]) for r in out.load()
-          if r["profile"] == profile_name and is_current(r)}
+          if r["profile"] == profile_name and is_current(r, {profile_name: setting}
+                                                         if fedavg else None)}
   seeds = [s for s in profile.seeds if (row.name, s) not in done]
   if not seeds:
     return []
   start = time.perf_counter()
-  fedavg = row.orientation == "fedavg"
-  cell = (scratch / profile_name / (row.name.replace("/", "_")
-                                    + (f"_{INVERSION_ATTACK}" if fedavg else ""))
+  # FedAvg's scores depend on the attacker's setting: a cell of their own per setting.
+  suffix = f"_{INVERSION_ATTACK}_{setting.replace(' ', '_')}" if fedavg else ""
+  cell = (scratch / profile_name / (row.name.replace("/", "_") + suffix)
           / f"seeds={','.join(map(str, seeds))}")
   partial_path = cell / "windows.json"
   partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
@@ -353,8 +381,8 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
       seed_config = seed_batch.seed_configs(config, [s])[0]
       federation = data.build_federation(seed_config.data, s)
       if fedavg:
-        scores[str(s)] = dict(_fedavg_attack(seed_config, states[s], federation, profile),
-                              accuracy=accuracy[s])
+        scores[str(s)] = dict(_fedavg_attack(seed_config, states[s], federation, profile,
+                                             budget), accuracy=accuracy[s])
         continue
       record = (messages.record_splitfed_window if row.orientation == "splitfed_v2"
                 else messages.record_window)
@@ -381,7 +409,8 @@ def run_row(results: pathlib.Path, scratch: pathlib.Path, profile_name: str, row
                 "accuracy": accuracy, "diverged": diverged, "attacks": windows,
                 "reductions": list(profile.reductions),
                 "where": v2_runner.where_computed(len(seeds)),
-                **({"attack": INVERSION_ATTACK} if fedavg else {})})
+                **({"attack": INVERSION_ATTACK, "inversion_setting": setting}
+                   if fedavg else {})})
   out.append(new)
   if verbose:
     print(f"[privacy] {row.name} seeds={seeds}: acc "
@@ -413,30 +442,24 @@ def _accuracy(config, state, federation: data.Federation) -> float:
   return evaluation.summarize(raw, federation.test_counts)["test/accuracy_mean"]
 
 
-def _fedavg_attack(config, state, federation, profile: Profile) -> dict:
+def _fedavg_attack(config, state, federation, profile: Profile,
+                   budget: gradient_inversion.InversionBudget) -> dict:
   """FedAvg's row: gradient inversion of client 0's FedSGD update at the global model.
 
   The server inverts the gradient of INVERTED_BATCH of client 0's training examples at
-  the model it sent (`gradient_inversion`, INVERSION_ATTACK); scored like the
+  the model it sent (`gradient_inversion`, INVERSION_ATTACK, with `budget`); scored like the
   reconstruction attack, with the same fixed classifier trained on the other clients'
   test examples, plus the fraction of the batch's labels it restored.
   """
-  out = {"label_auc": None, "input_dcor": None}
   model = local_training.make_full_model(config.model, int(federation.num_classes.max()))
-  params = state.server.params
   x = jax.numpy.asarray(federation.train_x[0][:INVERTED_BATCH])
   y = jax.numpy.asarray(federation.train_y[0][:INVERTED_BATCH])
-  k = int(federation.num_classes[0])
-  target = gradient_inversion.client_gradient(model.apply, params, x, y, k)
-  guess, labels = gradient_inversion.invert(model.apply, params, target,
-                                            tuple(x.shape[1:]), INVERTED_BATCH, k,
-                                            profile.inversion_budget)
   classify = reconstruction.fixed_classifier(federation, 0, profile.attack_budget)
-  scores = reconstruction.score(np.asarray(x), gradient_inversion.pair_up(x, guess),
-                                np.asarray(y), classify)
-  scores["label_accuracy"] = gradient_inversion.label_accuracy(np.asarray(y),
-                                                               np.asarray(labels))
-  return dict(out, **{f"recon_{name}": value for name, value in scores.items()})
+  (scores,) = gradient_inversion.attack_batches(
+      model.apply, state.server.params, x[None], y[None], int(federation.num_classes[0]),
+      budget, classify)
+  return {"label_auc": None, "input_dcor": None,
+          **{f"recon_{name}": value for name, value in scores.items()}}
 
 
 def _initial_state(config, seed):
