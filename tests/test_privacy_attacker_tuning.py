@@ -22,6 +22,10 @@ def test_the_grid_varies_one_axis_at_a_time_around_its_centre():
   assert grid == [(0.03, 0.01, 2000), (0.01, 0.01, 2000), (0.09, 0.01, 2000),
                   (0.03, 0.00333, 2000), (0.03, 0.03, 2000), (0.03, 0.01, 1000),
                   (0.03, 0.01, 4000)]
+  # A centre one step down the TV axis: its step back up lands on the start's 0.01 exactly.
+  centre = attacker_choice.candidates(BASE)[3]
+  tvs = [b.tv_weight for b in attacker_choice.candidates(centre, BASE)]
+  assert tvs == [0.00333, 0.00333, 0.00333, 0.00111, 0.01, 0.00333, 0.00333]
 
 
 def _records(psnr_of, batches=3, profile="cpu"):
@@ -48,8 +52,8 @@ def test_the_walk_moves_to_the_best_setting_until_its_centre_is_best():
   psnr[round1[3]] = [25.0, 25.0, 25.0]
   state = attacker_choice.walk(attacker_choice.summarize(_records(psnr))["cpu"], BASE)
   assert state.chosen is None and state.centres == (BASE, round1[3])
-  assert set(state.missing) == set(attacker_choice.candidates(round1[3])) - set(round1)
-  for b in attacker_choice.candidates(round1[3]):
+  assert set(state.missing) == set(attacker_choice.candidates(round1[3], BASE)) - set(round1)
+  for b in attacker_choice.candidates(round1[3], BASE):
     psnr.setdefault(b, [21.0, 21.0, 21.0])
   recs = _records(psnr)
   assert attacker_choice.chosen(recs, "cpu", BASE) == round1[3]

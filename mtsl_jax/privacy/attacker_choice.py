@@ -10,6 +10,7 @@ interior on every axis. This module holds only that rule, so that the study's ru
 """
 
 import dataclasses
+import math
 from typing import Sequence
 
 from mtsl_jax.comparison import statistics
@@ -23,13 +24,21 @@ _VARIATIONS = (("learning_rate", 1 / 3), ("learning_rate", 3.0), ("tv_weight", 1
                ("tv_weight", 3.0), ("iterations", 0.5), ("iterations", 2.0))
 
 
-def candidates(centre: gradient_inversion.InversionBudget
+def candidates(centre: gradient_inversion.InversionBudget,
+               start: gradient_inversion.InversionBudget | None = None
                ) -> list[gradient_inversion.InversionBudget]:
-  """The budgets one round tries: `centre` first, then each of _VARIATIONS applied alone
-  (rates and weights to 3 significant digits, iterations to integers)."""
+  """The budgets one round tries: `centre` first, then each of _VARIATIONS applied alone.
+
+  Values sit on the lattice start x factor^k (rates and weights to 3 significant digits,
+  iterations to integers), so a walk that returns to a value meets its records again
+  (0.01 / 3 x 3 is 0.01, not 0.00999). `start` defaults to `centre`.
+  """
+  start = start or centre
   out = [centre]
   for field, factor in _VARIATIONS:
-    value = getattr(centre, field) * factor
+    origin, here = getattr(start, field), getattr(centre, field)
+    steps = round(math.log(here / origin) / math.log(factor)) if origin else 0
+    value = origin * factor ** (steps + 1) if origin else here * factor
     out.append(dataclasses.replace(
         centre, **{field: int(round(value)) if field == "iterations"
                    else float(f"{value:.3g}")}))
@@ -105,7 +114,7 @@ def walk(settings: dict[str, dict], start: gradient_inversion.InversionBudget) -
   centre, centres = start, []
   while True:
     centres.append(centre)
-    round_ = candidates(centre)
+    round_ = candidates(centre, start)
     missing = tuple(b for b in round_ if setting_name(b) not in settings
                     or settings[setting_name(b)]["batches"] < batches)
     if missing:
