@@ -62,6 +62,9 @@ def test_the_walk_moves_to_the_best_setting_until_its_centre_is_best():
       in text   # mean 22, sd 2, t(2) half-width 4.303 x 2 / sqrt(3) = 4.97
   assert "| rate=0.03 tv=0.00333 iterations=2000 restarts=2 ★ | 3 | 25.00 (sd 0.00) |" in text
   assert "the best of its round: interior on every axis." in text
+  # Against the start, batch by batch: 25 - (20, 22, 24) = 5, 3, 1: mean 3, sd 2.
+  assert ("paired over 3 batches): not significant +3.00 [-1.97, 7.97] (sd 2.00) "
+          "p=0.12") in text  # t = 3 / (2 / sqrt 3) = 2.60, 2 df
 
 
 def test_a_setting_with_fewer_batches_than_the_others_is_not_recorded_yet():

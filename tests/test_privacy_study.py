@@ -2,7 +2,7 @@
 
 import json
 
-from mtsl_jax.privacy import report, tradeoff
+from mtsl_jax.privacy import defence_effects, report, tradeoff
 
 
 def test_every_row_builds_a_valid_config_in_every_profile():
@@ -153,23 +153,26 @@ def test_defence_effects_are_paired_over_seeds_against_the_undefended_row():
                                                   (2, 0.93, 1.0))]
   recs += [rec(noised, s, a, u, 0.9) for s, a, u in ((0, 0.85, 0.6), (1, 0.87, 0.5),
                                                      (2, 0.88, 0.55), (3, 0.5, 0.5))]
-  (effect,) = report.defence_effects(recs)
+  (effect,) = defence_effects.defence_effects(recs)
   assert effect["row"] == tradeoff.Row("u_shaped", "cut_grad_noise_std", 0.01)
   assert effect["n"] == 3
   acc = effect["accuracy"].difference
   assert abs(100 * acc.mean + 4.667) < 1e-3 and abs(100 * acc.half_width - 1.434) < 2e-3
-  assert report.statistics.verdict(effect["accuracy"]) == "fails"
+  assert defence_effects.statistics.verdict(effect["accuracy"]) == "fails"
   auc = effect["reductions"]["label_auc"]
   assert abs(auc.difference.mean - 0.44667) < 1e-4
-  assert report.statistics.verdict(auc) == "holds"
-  assert report.statistics.verdict(effect["reductions"]["input_dcor"]) == "not significant"
+  assert defence_effects.statistics.verdict(auc) == "holds"
+  assert defence_effects.statistics.verdict(effect["reductions"]["input_dcor"]) == "not significant"
   assert "recon_classifier_accuracy" not in effect["reductions"]  # not recorded
-  assert report.readings([effect]) == [
+  assert defence_effects.readings([effect]) == [
       "- cpu, u_shaped, cut_grad_noise_std: at strength 0.01 (the weakest tried that does) "
       "it lowers label-inference AUC by 0.447 (p=0.0034), with a significant accuracy cost "
       "of -4.7 points.",
       "- cpu, u_shaped, cut_grad_noise_std: no strength tried (0.01) lowers "
       "dCor(inputs, smashed data) significantly."]
+  # The profile asks for five seeds; the section says this row has three.
+  section = "\n".join(report._effects_table([effect]))  # pylint: disable=protected-access
+  assert "Not every seed has run yet: cpu: rows with 3 of 5 seeds" in section
 
 
 def test_a_second_cut_of_bottom_pairs_with_the_deeper_cut_run():
@@ -183,7 +186,7 @@ def test_a_second_cut_of_bottom_pairs_with_the_deeper_cut_run():
   deeper, noised = "bottom/client_bottom_blocks=2", "bottom@2/smashed_noise_std=3"
   recs = [rec(deeper, s, 0.9 + s / 100) for s in range(3)]
   recs += [rec(noised, s, 0.8 + s / 50) for s in range(3)]
-  effects = {e["row"].name: e for e in report.defence_effects(recs)}
+  effects = {e["row"].name: e for e in defence_effects.defence_effects(recs)}
   assert set(effects) == {noised}  # the deeper cut itself pairs with bottom/none: absent
   effect = effects[noised]
   # Per seed 0.80-0.90, 0.82-0.91, 0.84-0.92: -10, -9, -8 points.
@@ -225,10 +228,10 @@ def test_a_diverged_seed_is_left_out_of_the_pairing_and_said():
   base, defended = "bottom/none=0", "bottom/nopeek_weight=3"
   recs = [rec(base, s, 0.9, 0.8) for s in range(3)]
   recs += [rec(defended, 0, None, None), rec(defended, 1, 0.5, 0.1), rec(defended, 2, 0.6, 0.2)]
-  (effect,) = report.defence_effects(recs)
+  (effect,) = defence_effects.defence_effects(recs)
   assert effect["n"] == 2 and effect["left_out"] == 1
   assert abs(100 * effect["accuracy"].difference.mean + 35.0) < 1e-9  # -40 and -30 points
-  (reading,) = [r for r in report.readings([effect]) if "reconstructed" in r]
+  (reading,) = [r for r in defence_effects.readings([effect]) if "reconstructed" in r]
   assert reading.endswith("; and 1 seed(s) diverged, left out of both tests.")
 
 

@@ -131,3 +131,17 @@ def chosen(recs: Sequence[dict], profile: str,
   """The setting a profile's FedAvg row uses: the end of its walk over the records (None:
   not tuned yet, or the walk has rounds left to run)."""
   return walk(summarize(recs).get(profile, {}), start).chosen
+
+
+def paired_gain(recs: Sequence[dict], profile: str, setting: str, reference: str,
+                score: str = "psnr") -> statistics.PairedTest | None:
+  """`setting` minus `reference` on the batches both scored, paired batch by batch (the
+  batches differ far more than the settings do); None with fewer than two batches."""
+  by = {(r["setting"], r["batch"]): r["scores"].get(score) for r in recs
+        if r["profile"] == profile}
+  batches = sorted(b for (name, b), v in by.items() if name == setting and v is not None
+                   and by.get((reference, b)) is not None)
+  if len(batches) < 2:
+    return None
+  return statistics.paired([by[(setting, b)] for b in batches],
+                           [by[(reference, b)] for b in batches])

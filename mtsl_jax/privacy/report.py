@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 from mtsl_jax.comparison import records, statistics
 from mtsl_jax.comparison import report_format as fmt
 from mtsl_jax.privacy import attacker_choice, tradeoff
+from mtsl_jax.privacy import defence_effects as effects
 # pylint: enable=wrong-import-position
 
 REGENERATE = "python launch/privacy.py --phases=report"
@@ -135,157 +136,43 @@ def _summaries(recs: Sequence[dict]) -> dict[tuple, dict]:
   return out
 
 
-# The attack scores that say what the server gains, per MTSL orientation (end of training):
-# the labels from the cut gradients, the inputs from the smashed data.
-LEAK_SCORES = {"u_shaped": ("label_auc", "recon_classifier_accuracy", "input_dcor"),
-               "bottom": ("recon_classifier_accuracy", "input_dcor"),
-               "top": ("label_auc",)}
-
-
-def defence_effects(recs: Sequence[dict]) -> list[dict]:
-  """Every defended MTSL row against its orientation's undefended row, paired over seeds.
-
-  A row and its undefended row share the seeds' data, initialization and minibatches, so
-  each quantity is compared seed by seed (`statistics.paired`): the accuracy change
-  (defended - undefended) and, per attack score of `LEAK_SCORES` at the last recorded
-  window, the reduction (undefended - defended). A verdict 'holds' on a reduction means
-  the defence lowers that score significantly; on the accuracy, 'fails' means it costs
-  accuracy significantly.
-
-  Args:
-    recs: privacy records (the latest per profile, row and seed counts).
-
-  Returns:
-    One dict per (profile, defended row with records): 'profile', 'row' (tradeoff.Row),
-    'n' (paired seeds), 'left_out' (seeds left out: diverged in either row),
-    'accuracy' (PairedTest), 'reductions' {score: PairedTest}.
-  """
-  latest = {(r["profile"], r["row"], r["seed"]): r for r in recs}
-  out = []
-  for profile in sorted({k[0] for k in latest}):
-    for row in tradeoff.rows():
-      if row.orientation not in LEAK_SCORES or row.defence == "none":
-        continue
-      base = tradeoff.base_row(row).name
-      seeds = sorted(s for (p, name, s) in latest if p == profile and name == row.name
-                     and (profile, base, s) in latest)
-      if not seeds:
-        continue
-      pairs = [(latest[(profile, row.name, s)], latest[(profile, base, s)]) for s in seeds]
-      # A seed that diverged has no accuracy or scores to pair: left out, and counted.
-      finite = [(d, b) for d, b in pairs if _finite(d["accuracy"]) and _finite(b["accuracy"])]
-      left_out, pairs = len(pairs) - len(finite), finite
-      if not pairs:
-        continue
-      effect = {"profile": profile, "row": row, "n": len(pairs), "left_out": left_out,
-                "accuracy": statistics.paired([d["accuracy"] for d, _ in pairs],
-                                              [b["accuracy"] for _, b in pairs]),
-                "reductions": {}}
-      for score in LEAK_SCORES[row.orientation]:
-        values = [(_end_score(b, score), _end_score(d, score)) for d, b in pairs]
-        if all(v is not None and math.isfinite(v) for pair in values for v in pair):
-          effect["reductions"][score] = statistics.paired(*zip(*values))
-      out.append(effect)
-  return out
-
-
-def _finite(value) -> bool:
-  return value is not None and math.isfinite(value)
-
-
-def _end_score(rec: dict, score: str) -> float | None:
-  """`score` at the record's last window (None if that attack did not run)."""
-  return rec["attacks"][max(rec["attacks"], key=int)].get(score)
-
-
-def _paired_text(test, scale: float = 1.0, digits: int = 3) -> str:
-  """E.g. 'holds +0.412 [0.301, 0.523] (sd 0.045) p=0.004': the mean paired difference,
-  its 95% t-interval, the sample std of the per-seed differences and the p-value."""
-  d = test.difference
-  verdict = statistics.verdict(test)
-  if d.n < 2:
-    return f"{scale * d.mean:+.{digits}f} (n=1)"
-  return (f"{verdict} {scale * d.mean:+.{digits}f} [{fmt.num(scale * d.low, digits)}, "
-          f"{fmt.num(scale * d.high, digits)}] (sd {fmt.num(scale * d.std, digits)}) "
-          f"{fmt.p_text(test.p)}")
-
-
-SCORE_NAMES = {"label_auc": "label-inference AUC",
-               "recon_classifier_accuracy": "a classifier's accuracy on reconstructed inputs",
-               "input_dcor": "dCor(inputs, smashed data)"}
-
-
-def readings(effects: list[dict]) -> list[str]:
-  """The trade-off in words: per profile, orientation, attack score and defence, the
-  weakest strength that lowers the score significantly, with its accuracy change; or
-  that no strength tried does.
-
-  Args:
-    effects: `defence_effects`' output.
-
-  Returns:
-    One markdown bullet per (profile, orientation, score, defence).
-  """
-  out = []
-  keys = dict.fromkeys((e["profile"], e["row"].family, e["row"].defence) for e in effects)
-  for profile, family, defence in keys:
-    mine = sorted((e for e in effects if (e["profile"], e["row"].family,
-                                          e["row"].defence) == (profile, family, defence)),
-                  key=lambda e: e["row"].strength)
-    for score in LEAK_SCORES[tradeoff.Row(family, defence, 0.0).orientation]:
-      tried = [e for e in mine if score in e["reductions"]]
-      if not tried:
-        continue
-      what = f"{profile}, {family}, {defence}"
-      lowers = [e for e in tried if statistics.verdict(e["reductions"][score]) == "holds"]
-      if not lowers:
-        strengths = ", ".join(f"{e['row'].strength:g}" for e in tried)
-        out.append(f"- {what}: no strength tried ({strengths}) lowers "
-                   f"{SCORE_NAMES[score]} significantly.")
-        continue
-      e = lowers[0]
-      acc = statistics.verdict(e["accuracy"])
-      cost = {"fails": "a significant accuracy cost of",
-              "holds": "a significant accuracy gain of",
-              "not significant": "an accuracy change (not significant) of"}[acc]
-      reduction = e["reductions"][score]
-      out.append(f"- {what}: at strength {e['row'].strength:g} (the weakest tried that "
-                 f"does) it lowers {SCORE_NAMES[score]} by {reduction.difference.mean:.3f} "
-                 f"({fmt.p_text(reduction.p)}), with {cost} "
-                 f"{100 * e['accuracy'].difference.mean:+.1f} points"
-                 + (f"; and {e['left_out']} seed(s) diverged, left out of both tests"
-                    if e.get("left_out") else "") + ".")
-  return out
-
-
-def _effects_table(effects: list[dict]) -> list[str]:
+def _effects_table(found: list[dict]) -> list[str]:
+  """The section of `effects.defence_effects`' paired tests: readings, then one table per
+  profile."""
   lines = ["## What each defence buys, paired over seeds", "",
            "Each defended row against the undefended row of its orientation, seed by seed "
            "(same data, initialization and minibatches): the accuracy change in points "
            "(defended - undefended) and the reduction of each attack score at the end of "
            "training (undefended - defended), with the 95% t-interval of the mean paired "
            "difference, the sample std (ddof = 1) of the per-seed differences and the "
-           "p-value. 'holds': the defence lowers that score "
-           "significantly; 'fails': it raises it significantly; on the accuracy, 'fails' "
-           "is a significant cost. A row with n = 3 still waits for seeds 3 and 4 (the profile "
-           "has five); with 3 seeds only large effects can be significant.",
-           ""]
-  if effects:
+           "p-value. 'holds': the defence lowers that score significantly; 'fails': it "
+           "raises it significantly; on the accuracy, 'fails' is a significant cost.", ""]
+  short = sorted({(e["profile"], e["n"] + e.get("left_out", 0)) for e in found
+                  if e["profile"] in tradeoff.PROFILES
+                  and e["n"] + e.get("left_out", 0)
+                  < len(tradeoff.PROFILES[e["profile"]].seeds)})
+  if short:
+    lines += ["Not every seed has run yet: " + "; ".join(
+        f"{profile}: rows with {n} of {len(tradeoff.PROFILES[profile].seeds)} seeds"
+        for profile, n in short) + " (the same command adds the rest); with few seeds only "
+        "large effects can be significant.", ""]
+  if found:
     lines += ["In words (the weakest strength of each defence that lowers each score "
-              "significantly):", "", *readings(effects), ""]
-  for profile in sorted({e["profile"] for e in effects}):
+              "significantly):", "", *effects.readings(found), ""]
+  for profile in sorted({e["profile"] for e in found}):
     lines += [f"### Profile {profile}", "",
               "| orientation | defence | strength | n | accuracy change (points) | "
               "label AUC reduction | reconstruction-classifier accuracy reduction | "
               "dCor reduction |", "|---|---|---|---|---|---|---|---|"]
-    for e in (x for x in effects if x["profile"] == profile):
+    for e in (x for x in found if x["profile"] == profile):
       row = e["row"]
-      cells = [_paired_text(e["reductions"][k]) if k in e["reductions"] else "—"
+      cells = [effects.paired_text(e["reductions"][k]) if k in e["reductions"] else "—"
                for k in ("label_auc", "recon_classifier_accuracy", "input_dcor")]
       n = f"{e['n']}" + (f" ({e['left_out']} diverged, left out)"
                          if e.get("left_out") else "")
       lines.append(f"| {row.family} | {row.defence} | {row.strength:g} | {n} | "
-                   f"{_paired_text(e['accuracy'], 100, 1)} | " + " | ".join(cells) + " |")
+                   f"{effects.paired_text(e['accuracy'], 100, 1)} | " + " | ".join(cells)
+                   + " |")
     lines.append("")
   return lines
 
@@ -458,7 +345,7 @@ def _inversion_lines(recs: Sequence[dict]) -> list[str]:
   """The share of FedAvg's batch labels the inversion restored, per profile."""
   lines = []
   for profile in sorted({r["profile"] for r in recs}):
-    values = [_end_score(r, "recon_label_accuracy") for r in recs
+    values = [effects.end_score(r, "recon_label_accuracy") for r in recs
               if r["profile"] == profile and r["orientation"] == "fedavg"]
     values = [v for v in values if v is not None]
     if values:
@@ -513,6 +400,11 @@ def _attacker_section(tuning: Sequence[dict]) -> list[str]:
                  + (", the best of its round: interior on every axis." if centre_best else
                     f", after {attacker_choice.MAX_ROUNDS} rounds, the walk's limit: the "
                     "optimum may lie further out."))
+      start = attacker_choice.setting_name(known.inversion_budget)
+      gain = attacker_choice.paired_gain(tuning, profile, chosen, start)
+      if chosen != start and gain is not None:
+        verdict += (f" Against the starting setting on the same batches (PSNR, dB; paired "
+                    f"over {gain.difference.n} batches): {effects.paired_text(gain, 1, 2)}.")
     lines += ["", verdict, ""]
   return lines
 
@@ -572,7 +464,7 @@ def write_report(results: pathlib.Path, document: pathlib.Path,
   lines += _labels_over_training(recs)
   lines += _inversion_lines(recs)
   lines += _attacker_section(tuning)
-  lines += _effects_table(defence_effects(recs))
+  lines += _effects_table(effects.defence_effects(recs))
   # What each recorded profile leaves out, as the study defines it now (a record keeps
   # the text of when it was written, which later rows may have made stale).
   profiles = sorted({k[0] for k in summ})
