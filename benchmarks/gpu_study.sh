@@ -52,6 +52,10 @@ fi
 touch "$out/runs.jsonl"
 [ -e "$records" ] && python3 -m mtsl_jax.comparison.merge_records "$records" "$out/runs.jsonl" \
   > /dev/null
+# The privacy study's FedAvg row reads its attacker's tuned setting beside the records.
+if [ "$study" = privacy ] && [ -e results/privacy/attacker_tuning.jsonl ]; then
+  cp results/privacy/attacker_tuning.jsonl "$out/"
+fi
 deadline=$((SECONDS + budget))
 for profile in $profiles; do
   left=$((deadline - SECONDS))
