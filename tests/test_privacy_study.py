@@ -248,3 +248,8 @@ def test_the_table_prints_the_sample_std_of_every_end_of_training_score():
   (line,) = [l for l in table.splitlines() if l.startswith("| u_shaped | none |")]
   assert "| 0.600 ± 0.248 |" in line  # first window: no sd
   assert "| 0.920 ± 0.050 (sd 0.020) |" in line
+
+
+def test_a_tiny_significant_reduction_is_not_written_as_zero():
+  assert defence_effects._size(0.447) == "0.447"  # pylint: disable=protected-access
+  assert defence_effects._size(0.00017) == "0.00017"  # pylint: disable=protected-access

@@ -94,6 +94,12 @@ SCORE_NAMES = {"label_auc": "label-inference AUC",
                "input_dcor": "dCor(inputs, smashed data)"}
 
 
+def _size(value: float) -> str:
+  """A reduction to 3 decimals, or to 2 significant digits when that would read 0.000 (a
+  significant but tiny effect must not look like none)."""
+  return f"{value:.3f}" if abs(value) >= 0.0005 else f"{value:.2g}"
+
+
 def readings(effects: list[dict]) -> list[str]:
   """The trade-off in words: per profile, orientation, attack score and defence, the
   weakest strength that lowers the score significantly, with its accuracy change; or
@@ -129,7 +135,7 @@ def readings(effects: list[dict]) -> list[str]:
               "not significant": "an accuracy change (not significant) of"}[acc]
       reduction = e["reductions"][score]
       out.append(f"- {what}: at strength {e['row'].strength:g} (the weakest tried that "
-                 f"does) it lowers {SCORE_NAMES[score]} by {reduction.difference.mean:.3f} "
+                 f"does) it lowers {SCORE_NAMES[score]} by {_size(reduction.difference.mean)} "
                  f"({fmt.p_text(reduction.p)}), with {cost} "
                  f"{100 * e['accuracy'].difference.mean:+.1f} points"
                  + (f"; and {e['left_out']} seed(s) diverged, left out of both tests"
