@@ -17,6 +17,8 @@ from mtsl_jax.comparison import statistics
 from mtsl_jax.privacy import gradient_inversion
 
 RESULTS_NAME = "attacker_tuning.jsonl"   # beside the study's runs.jsonl
+TUNING_BATCHES = 10   # batches of the study's size each setting is scored on, at most
+TUNING_SEED = 0       # the FedAvg run whose final model the attacker is tuned against
 MAX_ROUNDS = 6   # centres tried at most; the walk then stops where it is (said)
 SCORES = ("psnr", "ssim", "classifier_accuracy", "label_accuracy")
 # One axis at a time around the centre: (field, factor).

@@ -26,8 +26,8 @@ from mtsl_jax.algorithms import local_training
 from mtsl_jax.comparison import records, v2_runner
 from mtsl_jax.privacy import attacker_choice, gradient_inversion, reconstruction, tradeoff
 
-TUNING_BATCHES = 10
-SEED = 0
+TUNING_BATCHES = attacker_choice.TUNING_BATCHES
+SEED = attacker_choice.TUNING_SEED
 
 
 def tune(results: pathlib.Path, scratch: pathlib.Path, profile_name: str,

@@ -361,7 +361,8 @@ def _attacker_section(tuning: Sequence[dict]) -> list[str]:
   lines = ["## The gradient-inversion attacker's settings", "",
            "FedAvg's reference attack has hyperparameters; they are tuned like a method's "
            "(`mtsl_jax/privacy/attacker_choice.py`, run by `attacker_tuning.py`): at the "
-           "end of the profile's FedAvg run (seed 0), on up to 10 batches of "
+           f"end of the profile's FedAvg run (seed {attacker_choice.TUNING_SEED}), on up to "
+           f"{attacker_choice.TUNING_BATCHES} batches of "
            f"{tradeoff.INVERTED_BATCH} of client 0's training examples that are not the "
            "batch the study attacks. Each round varies its centre one axis at a time (rate "
            "and TV weight x 1/3 and x 3, iterations x 1/2 and x 2); the best by mean PSNR "

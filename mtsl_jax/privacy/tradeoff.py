@@ -237,8 +237,8 @@ class Profile:
   inversion_budget: gradient_inversion.InversionBudget = gradient_inversion.InversionBudget()
 
 
-# The verdicts rest on seeds: five, the project's standard. Seeds 0-2 ran first; a row
-# whose table shows n = 3 still waits for seeds 3 and 4 (the same command adds them).
+# The verdicts rest on seeds: five, the project's standard (a row with fewer is said in
+# the report, and the same command adds the rest).
 FIVE_SEEDS = (0, 1, 2, 3, 4)
 PROFILES = {
     "cpu": Profile({"source": "tfds", "name": "mnist", "partition": "iid"},
