@@ -8,7 +8,7 @@ import pytest
 
 from mtsl_jax import validation
 from mtsl_jax.comparison import records, v2_grid
-from mtsl_jax.server_map import analysis, grid, report, runner
+from mtsl_jax.server_map import analysis, answer, grid, report, runner
 
 
 # ---- the grid ----------------------------------------------------------------------------
@@ -134,6 +134,28 @@ def test_differences_pick_the_stronger_baseline_and_give_paired_verdicts():
   assert analysis.tally(best) == {"holds": 1, "not significant": 0, "fails": 1}
 
 
+def test_a_verdict_against_a_side_still_rising_is_budget_bound():
+  bound = analysis.budget_bound
+  # A win stands while the beaten baseline had plateaued, whatever MTSL did.
+  assert not bound("holds", ("MTSL",)) and bound("holds", ("local",))
+  # A loss stands while MTSL had plateaued.
+  assert not bound("fails", ("fedavg",)) and bound("fails", ("MTSL", "fedavg"))
+  # A tie stands only if neither side was rising.
+  assert not bound("not significant", ()) and bound("not significant", ("fedrep",))
+  # At (25, 10) local-only is still rising at the end of its budget (its last 20% of
+  # evaluations gained 5 points): the MTSL win over it is budget-bound, while the win
+  # at the same cell over FedRep (plateaued) is not.
+  recs = [dict(r, curve=dict(r["curve"], accuracy_mean=[
+      r["final"]["accuracy_mean"] - d for d in (0.3, 0.2, 0.1, 0.05, 0.0)]))
+          if r["method"] == "local" and r["examples"] == 25 else r for r in _hand_made()]
+  diffs = analysis.differences(analysis.summaries(recs))
+  best = diffs[("cpu", "mnist", "dirichlet_0.3", "mtsl_head", "best of local and FedAvg")]
+  assert best[(25, 10)]["rising"] == ("local",) and best[(25, 10)]["budget_bound"]
+  assert best[(100, 10)]["rising"] == () and not best[(100, 10)]["budget_bound"]
+  fedrep = diffs[("cpu", "mnist", "dirichlet_0.3", "mtsl_head", "FedRep")][(25, 10)]
+  assert fedrep["rising"] == () and not fedrep["budget_bound"]
+
+
 def test_a_cell_keeps_only_runs_at_its_methods_tuned_point():
   recs = _hand_made()
   # Tuning chose (0.1, 0.1) for mtsl_head; a stale run of seed 0 at another point is left
@@ -191,9 +213,10 @@ def test_an_ablation_that_changed_nothing_is_said_and_counted_apart(tmp_path):
   text = document.read_text()
   assert ("| no change: the MTSL row's run (every client holds the same examples) n=3 |"
           in text)
-  assert ("task weights n_m / sum n instead of uniform: 0 cells significantly worse, 0 not "
-          "significant, 0 better (no difference measured); in 1 more it changed nothing "
-          "(every client holds the same examples); no cell run could show its effect.") in text
+  assert ("- task weights n_m / sum n instead of uniform:\n"
+          "  - mtsl_head (cpu): 0 cells significantly worse, 0 not significant, 0 better (no "
+          "difference measured); in 1 more it changed nothing (every client holds the same "
+          "examples); no cell run could show its effect.") in text
 
 
 def test_the_document_states_the_answer_the_records_give(tmp_path):
@@ -207,12 +230,36 @@ def test_the_document_states_the_answer_the_records_give(tmp_path):
   assert "| 1 / 0 / 1 | 1 / 1 / 0 | none |" in row  # vs best-of; vs FedRep
   assert "better than the better of local-only and FedAvg in 1 of 2 cells: 25 examples x " \
          "10 clients" in text
-  assert "server part frozen at its initialisation (random features): 1 cells " \
-         "significantly worse" in text
+  assert ("- server part frozen at its initialisation (random features):\n"
+          "  - mtsl_head (cpu): 1 cell significantly worse, 0 not significant, 0 better "
+          "(difference -10.0 points)") in text
   assert "the learned shared server part carries accuracy" in text
+  assert ("1.1% of the parameters on the client: 1 / 0 / 1 of 2 cells (FedRep: 1 / 1 / 0); "
+          "budget-bound of those: 0 / 0 / 0;") in text
+  assert "Budget-bound (the side a verdict goes against was still rising" in text
   assert (document.parent / "figures" / "server_map").is_dir()
   report.write_report(results, document)
   assert document.read_text() == text  # regenerated identically
+
+
+def test_seeds_are_counted_per_cell_from_the_records_not_from_a_records_reductions(tmp_path):
+  """The profile grew from 3 seeds to 5 and one cell has its two new seeds: the document
+  counts 5 in 1 cell and 3 in the other 8, and drops the stale '3 seeds, not 5' line the
+  older records carry."""
+  recs = [dict(r, reductions=["3 seeds, not 5", "budget 50 client steps"])
+          for r in _hand_made()]
+  recs += [dict(_record("local", s, 0.80), reductions=["budget 50 client steps"])
+           for s in (3, 4)]
+  assert analysis.seeds_per_cell(analysis.summaries(recs)) == {"cpu": {3: 8, 5: 1}}
+  assert grid.states_seed_count("3 seeds, not 5")
+  assert not grid.states_seed_count("budget 300 client steps of 32 examples, not 1000")
+  results = tmp_path / "runs.jsonl"
+  records.ResultsFile(results).append(recs)
+  document = tmp_path / "when.md"
+  report.write_report(results, document)
+  assert ("- cpu: seeds per cell: 5 in 1, 3 in 8 (the full study: 5; the profile runs 5: "
+          "`python launch/server_map.py --profile=cpu` resumes the rest); budget 50 client "
+          "steps\n") in document.read_text()
 
 
 # ---- end to end --------------------------------------------------------------------------
@@ -270,17 +317,60 @@ def test_accuracy_cells_print_the_sample_std_beside_the_interval():
 
 
 def test_in_short_pools_each_cuts_cells_over_the_maps_of_a_profile():
-  """Hand-made verdicts: mtsl_head wins 3 of 4 cells (2 settings), loses 1 to FedRep."""
+  """Hand-made verdicts: mtsl_head wins 3 of 4 cells (2 settings), loses 1 to FedRep;
+  the wins at 'all' examples are budget-bound."""
   def claims(*verdicts):
-    return {regime: {"verdict": v} for regime, v in zip(((25, 10), (0, 10)), verdicts)}
+    return {regime: {"verdict": v, "budget_bound": regime == (0, 10)}
+            for regime, v in zip(((25, 10), (0, 10)), verdicts)}
 
   best, fedrep = "best of local and FedAvg", "FedRep"
   diffs = {("cpu", "mnist", "dirichlet_0.3", "mtsl_head", best): claims("holds", "fails"),
            ("cpu", "mnist", "label_permutation", "mtsl_head", best): claims("holds", "holds"),
            ("cpu", "mnist", "dirichlet_0.3", "mtsl_head", fedrep):
                claims("not significant", "fails")}
-  (head,) = [line for line in report._in_short(diffs) if line.startswith("- mtsl_head")]
+  (head,) = [line for line in answer.in_short(diffs) if line.startswith("- mtsl_head")]
   assert head.startswith("- mtsl_head, the client holding the head") and "1.1% of the" in head
-  assert ": 3 / 0 / 1 of 4 cells (FedRep: 0 / 1 / 1)" in head
+  assert ": 3 / 0 / 1 of 4 cells (FedRep: 0 / 1 / 1); budget-bound of those: 1 / 0 / 1;" in head
   assert "dirichlet_0.3 1 / 0 / 1; label_permutation 2 / 0 / 0" in head
   assert "per client: 25: 2 of 2, all: 1 of 2; per number of clients: 10: 3 of 4." in head
+
+
+def test_the_short_answer_says_which_cuts_help_and_discounts_chance_wins():
+  """mtsl_head wins 3 of 4 cells (one budget-bound) and loses 1 to FedAvg: 'helps in most
+  cells'. mtsl_u_shaped wins 1 of 20 cells, which a 5% test gives by chance: 'does not
+  help', with the reason. mtsl_top2 wins 2 of 20: 'helps in some cells'."""
+  best = "best of local and FedAvg"
+
+  def claims(verdicts, baseline="local"):
+    return {(25 * (i + 1), 10): {"verdict": v, "budget_bound": i == 0, "baseline": baseline}
+            for i, v in enumerate(verdicts)}
+
+  diffs = {("cpu", "mnist", "dirichlet_0.3", "mtsl_head", best):
+               claims(["holds", "holds", "holds"]),
+           ("cpu", "mnist", "label_permutation", "mtsl_head", best):
+               claims(["fails"], baseline="fedavg"),
+           ("cpu", "mnist", "dirichlet_0.3", "mtsl_u_shaped", best):
+               claims(["not significant"] * 19 + ["holds"]),
+           ("cpu", "mnist", "dirichlet_0.3", "mtsl_top2", best):
+               claims(["not significant"] * 18 + ["holds"] * 2)}
+  text = "\n".join(answer.short_answer(diffs))
+  assert ("1.1% of the parameters on the client: **helps in most cells**. It wins 3 of 4 "
+          "cells (1 of the wins budget-bound; by heterogeneity dirichlet_0.3 3 of 3, "
+          "label_permutation 0 of 1), ties 0; it loses 1 to FedAvg.") in text
+  assert ("**does not help (its 1 win in 20 cells is no more than chance gives: with no "
+          "difference, a two-sided 5% test calls 2.5% of cells a win)**. It wins 1 of 20 "
+          "cells") in text
+  assert "**helps in some cells**. It wins 2 of 20 cells" in text
+  assert "ties 18; it loses none." in text
+
+
+def test_an_ablation_seen_in_some_cells_of_a_row_says_in_how_many():
+  """Common init is significantly worse in 1 of a row's 3 cells: the reading is limited to
+  that cell, not 'costs accuracy' for the row."""
+  found = [{"verdict": v, "mean": m, "diverged": 0, "identical": False}
+           for v, m in (("fails", -0.004), ("not significant", 0.001),
+                        ("not significant", 0.003))]
+  assert answer.ablation_reading("common_init", found) == (
+      "1 cell significantly worse, 2 not significant, 0 better (differences from -0.4 to "
+      "+0.3 points); starting every client from one initialisation costs accuracy in 1 of "
+      "its 3 cells, nothing measurable in the rest.")

@@ -103,7 +103,8 @@ def differences(summ: dict[tuple, dict]) -> dict[tuple, dict[tuple, dict]]:
   Returns:
     (profile, dataset, setting, MTSL row, comparison) -> (examples, clients) -> the
     `v2_analysis.claim` of MTSL minus the comparison, with 'baseline' (the method
-    compared against).
+    compared against), 'rising' (the sides, 'MTSL' or the baseline, with a seed not
+    plateaued at the end of the budget) and 'budget_bound' (`budget_bound`).
   """
   out = collections.defaultdict(dict)
   for map_key, regimes in maps(summ).items():
@@ -116,14 +117,56 @@ def differences(summ: dict[tuple, dict]) -> dict[tuple, dict[tuple, dict]]:
           if base is None:
             continue
           c = v2_analysis.claim(methods[mtsl], methods[base])
-          out[(*map_key, mtsl, name)][regime] = dict(c, baseline=base)
+          rising = tuple(arm for arm, m in (("MTSL", mtsl), (base, base))
+                         if methods[m]["all_plateaued"] is False)
+          out[(*map_key, mtsl, name)][regime] = dict(
+              c, baseline=base, rising=rising, budget_bound=budget_bound(c["verdict"],
+                                                                        rising))
   return dict(out)
+
+
+def budget_bound(verdict: str, rising: Sequence[str]) -> bool:
+  """Whether more training could overturn a verdict reached at a fixed budget.
+
+  A side still rising at the end of its budget (some seed not plateaued) can only gain:
+  a win stands if the beaten baseline had plateaued, whatever MTSL did, and a loss
+  stands if MTSL had; a tie stands only if both had.
+
+  Args:
+    verdict: 'holds', 'not significant' or 'fails' (MTSL minus the baseline).
+    rising: the sides not plateaued in every seed: 'MTSL' and/or the baseline's name.
+
+  Returns:
+    True when the side the verdict goes against (either side, for a tie) was rising.
+  """
+  against_mtsl = "MTSL" in rising
+  against_baseline = any(arm != "MTSL" for arm in rising)
+  if verdict == "holds":
+    return against_baseline
+  if verdict == "fails":
+    return against_mtsl
+  return against_mtsl or against_baseline
 
 
 def tally(diff: dict[tuple, dict]) -> dict[str, int]:
   """How many cells of a difference map hold, are not significant, and fail."""
   counts = collections.Counter(c["verdict"] for c in diff.values())
   return {v: counts.get(v, 0) for v in ("holds", "not significant", "fails")}
+
+
+def seeds_per_cell(summ: dict[tuple, dict]) -> dict[str, dict[int, int]]:
+  """How many seeds each profile's cells hold (diverged seeds count: they ran).
+
+  Args:
+    summ: `summaries` of the records.
+
+  Returns:
+    profile -> {number of seeds recorded: how many cells hold that many}.
+  """
+  out = collections.defaultdict(collections.Counter)
+  for key, s in summ.items():
+    out[key[0]][len(s["runs"])] += 1
+  return {profile: dict(counts) for profile, counts in out.items()}
 
 
 def ablations(summ: dict[tuple, dict]) -> dict[tuple, dict[str, dict]]:
