@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -156,6 +157,42 @@ def test_a_verdict_against_a_side_still_rising_is_budget_bound():
   assert fedrep["rising"] == () and not fedrep["budget_bound"]
 
 
+def test_the_tuned_once_check_pairs_each_cell_with_its_cell_tuned_runs(tmp_path):
+  """At (25, 10) every method is tuned again at the cell; local-only, at its cell-tuned
+  point, gains 6 points (0.86 on every seed's noise): mtsl_head's win over it (+5)
+  becomes a tie (-1, 0, -2: t = -1.73), while the FedRep verdict is unchanged."""
+  recs = _hand_made()
+  at_cell = ("local", "fedavg", "fedrep", "mtsl_head")
+  recs += [dict(_record(m, 0, 0.9), phase="tune_cell") for m in at_cell]
+  recs += [dict(r, phase="retuned", final=dict(r["final"], accuracy_mean=r["final"][
+      "accuracy_mean"] + (0.06 if r["method"] == "local" else 0.0)))
+           for r in _hand_made() if r["examples"] == 25 and r["method"] in at_cell]
+  check = analysis.tuning_check(analysis.summaries(recs),
+                                analysis.summaries(recs, retuned=True))
+  local = check["methods"][("cpu", "mnist", "dirichlet_0.3", 25, 10, "local")]
+  assert local["change"]["mean"] == pytest.approx(0.06)
+  assert local["change"]["verdict"] == "holds"
+  best = check["verdicts"][("cpu", "mnist", "dirichlet_0.3", "mtsl_head",
+                            "best of local and FedAvg", (25, 10))]
+  assert (best["once"]["verdict"], best["cell"]["verdict"], best["same"]) == (
+      "holds", "not significant", False)
+  assert best["cell"]["mean"] == pytest.approx(-0.01)
+  fedrep = check["verdicts"][("cpu", "mnist", "dirichlet_0.3", "mtsl_head", "FedRep",
+                              (25, 10))]
+  assert fedrep["same"]
+  assert len(check["verdicts"]) == 2  # only the re-tuned cell is checked
+  results = tmp_path / "runs.jsonl"
+  records.ResultsFile(results).append(recs)
+  document = tmp_path / "when.md"
+  report.write_report(results, document)
+  text = document.read_text()
+  assert ("**1 of 2 verdicts are the same with cell-tuned rates**; changed: mnist / "
+          "dirichlet_0.3 (cpu), 25 examples x 10 clients, mtsl_head vs best of local and "
+          "FedAvg: holds -> not significant.") in text
+  assert "Checked in 1 map cell by tuning every method there again" in text
+  assert "4 tuning runs at its cells and 12 runs at the points they chose" in text
+
+
 def test_a_cell_keeps_only_runs_at_its_methods_tuned_point():
   recs = _hand_made()
   # Tuning chose (0.1, 0.1) for mtsl_head; a stale run of seed 0 at another point is left
@@ -271,29 +308,41 @@ def test_tiny_map_tunes_trains_ablates_records_and_resumes(tmp_path, monkeypatch
   monkeypatch.setattr(v2_grid, "LOCAL_AXIS", (-1.5, -1.0, -0.5))
   monkeypatch.setattr(v2_grid, "MAX_EXTENSIONS", 1)
   tiny = dataclasses.replace(grid.PROFILES["test"], examples=(0,), clients=(3,),
-                             methods=("mtsl_head", "local"))
+                             methods=("mtsl_head", "local"), retune_regimes=((0, 3),))
   monkeypatch.setitem(grid.PROFILES, "test", tiny)
   paths = runner.Paths(tmp_path / "runs.jsonl", tmp_path / "scratch")
   runner.run_profile(paths, "test", verbose=False)
   recs = records.ResultsFile(paths.results).load()
-  cells = sorted((r["phase"], r["method"], r["seed"]) for r in recs if r["phase"] != "tune")
-  expected = [("map", m, s) for m in tiny.methods for s in tiny.seeds]
+  tuning = ("tune", "tune_cell")
+  cells = sorted((r["phase"], r["method"], r["seed"]) for r in recs if r["phase"] not in tuning)
+  expected = [(phase, m, s) for phase in ("map", "retuned") for m in tiny.methods
+              for s in tiny.seeds]
   expected += [("ablations", f"mtsl_head+{a}", s) for a in grid.ABLATIONS for s in tiny.seeds]
   assert cells == sorted(expected)
   for r in recs:
-    if r["phase"] != "tune":
+    if r["phase"] not in tuning:
       assert r["where"]["backend"] == "cpu" and r["reductions"]
       assert r["train_examples"]["mean"] > 0
       assert math.isfinite(r["final"]["accuracy_mean"])
-      point = runner.tuned_point(recs, "test", "synthetic", grid.base_method(r["method"]))
+      method = grid.base_method(r["method"])
+      point = (runner.cell_tuned_point(recs, "test", "synthetic", method, 0, 3)
+               if r["phase"] == "retuned" else
+               runner.tuned_point(recs, "test", "synthetic", method))
       assert (r["server_lr"], r["client_lr"]) == (point["server_lr"], point["client_lr"])
+  # The cell's own tuning ran its own grid: as many points as the map's tuning.
+  for m in tiny.methods:
+    per_phase = [sum(r["phase"] == phase and r["method"] == m for r in recs)
+                 for phase in tuning]
+    assert per_phase[0] == per_phase[1] > 0
   assert np.all([r["server_lr"] is None for r in recs if r["method"] == "local"])
   before = paths.results.read_text()
   runner.run_profile(paths, "test", verbose=False)
   assert paths.results.read_text() == before  # everything recorded: nothing reruns
   document = tmp_path / "when.md"
   report.write_report(paths.results, document)
-  assert "| synthetic / synthetic (test) | mtsl_head |" in document.read_text()
+  text = document.read_text()
+  assert "| synthetic / synthetic (test) | mtsl_head |" in text
+  assert re.search(r"\*\*[01] of 1 verdicts are the same with cell-tuned rates\*\*", text)
 
 
 def test_a_diverging_seed_is_recorded_and_the_cell_goes_on(tmp_path):

@@ -34,26 +34,32 @@ VERSUS = {  # comparison name -> the baselines it takes the best of
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 
 
-def cells(recs: Sequence[dict]) -> dict[tuple, list[dict]]:
+def cells(recs: Sequence[dict], *, retuned: bool = False) -> dict[tuple, list[dict]]:
   """(profile, dataset, setting, examples, clients, method) -> its records, one per seed.
 
   Args:
     recs: run records of any phase, in file order.
+    retuned: the tuned-once check's cells ('retuned' runs at the point tuned at their
+      own cell) instead of the map's and the ablations'.
 
   Returns:
-    The map and ablation cells. A cell holds only runs at its method's tuned point (as
-    the tuning records now choose it; every run when the method has no tuning records),
-    so a re-tuned method never mixes seeds trained at two rates; of a seed, the record
-    written last wins.
+    The cells. A cell holds only runs at its method's tuned point (as the tuning records
+    now choose it; every run when the method has no tuning records), so a re-tuned
+    method never mixes seeds trained at two rates; of a seed, the record written last
+    wins.
   """
   points = {}
   per_seed = {}
+  phases = ("retuned",) if retuned else ("map", "ablations")
   for r in recs:  # file order, so the last record of a seed wins
-    if r["phase"] not in ("map", "ablations"):
+    if r["phase"] not in phases:
       continue
     method = (r["profile"], r["dataset"], grid.base_method(r["method"]))
+    if retuned:
+      method += (r["examples"], r["clients"])
     if method not in points:
-      points[method] = runner.tuned_point(recs, *method)
+      points[method] = (runner.cell_tuned_point(recs, *method) if retuned
+                        else runner.tuned_point(recs, *method))
     point = points[method]
     if point is not None and (r["server_lr"], r["client_lr"]) != (point["server_lr"],
                                                                    point["client_lr"]):
@@ -66,9 +72,38 @@ def cells(recs: Sequence[dict]) -> dict[tuple, list[dict]]:
   return {k: sorted(v, key=lambda r: r["seed"]) for k, v in out.items()}
 
 
-def summaries(recs: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
+def summaries(recs: Sequence[dict], *, retuned: bool = False) -> dict[tuple, dict[str, Any]]:
   """`v2_analysis.summarize_cell` of every cell, under the keys of `cells`."""
-  return {k: v2_analysis.summarize_cell(v) for k, v in cells(recs).items()}
+  return {k: v2_analysis.summarize_cell(v) for k, v in cells(recs, retuned=retuned).items()}
+
+
+def tuning_check(summ: dict[tuple, dict], retuned: dict[tuple, dict]) -> dict[str, dict]:
+  """The map's cells beside the same cells with every method tuned at the cell.
+
+  Args:
+    summ: `summaries` of the records (the map, tuned once).
+    retuned: `summaries(recs, retuned=True)`.
+
+  Returns:
+    {'methods': (profile, dataset, setting, examples, clients, method) -> {'once',
+    'cell' (the two summaries), 'change' (`v2_analysis.claim` of cell-tuned minus
+    tuned-once over their common seeds)}; 'verdicts': (profile, dataset, setting, MTSL
+    row, comparison, (examples, clients)) -> {'once', 'cell' (the two `differences`
+    claims), 'same' (equal verdicts)}}, over the cells both hold.
+  """
+  both = sorted(set(summ) & set(retuned), key=repr)
+  methods = {k: {"once": summ[k], "cell": retuned[k],
+                 "change": v2_analysis.claim(retuned[k], summ[k])} for k in both}
+  once = differences({k: summ[k] for k in both})
+  cell = differences({k: retuned[k] for k in both})
+  verdicts = {}
+  for diff_key, regimes in cell.items():
+    for regime, c in regimes.items():
+      o = once.get(diff_key, {}).get(regime)
+      if o is not None:
+        verdicts[(*diff_key, regime)] = {"once": o, "cell": c,
+                                         "same": o["verdict"] == c["verdict"]}
+  return {"methods": methods, "verdicts": verdicts}
 
 
 def maps(summ: dict[tuple, dict]) -> dict[tuple, dict[tuple, dict[str, dict]]]:

@@ -170,6 +170,9 @@ class Profile:
     ablation_cuts: the MTSL rows ablated.
     ablation_regimes: the (examples, clients) cells ablated.
     reductions: one line per way this profile departs from the full study.
+    retune_regimes: (examples, clients) cells where every method the verdicts compare is
+      tuned again at the cell itself (first setting, same grids and edge rule) and run
+      with the profile's seeds: the check of tuning once at `tune_regime`.
   """
   model: dict[str, Any]
   datasets: tuple[str, ...]
@@ -184,6 +187,7 @@ class Profile:
   ablation_cuts: tuple[str, ...]
   ablation_regimes: tuple[tuple[int, int], ...]
   reductions: tuple[str, ...]
+  retune_regimes: tuple[tuple[int, int], ...] = ()
 
 
 _TUNED_ONCE = ("learning rates tuned once per (dataset, method) at 400 examples x 10 "
@@ -194,13 +198,16 @@ PROFILES: dict[str, Profile] = {
     "full": Profile(MLP, ("mnist", "fashion_mnist"), SETTINGS, EXAMPLES, CLIENTS,
                     tuple(METHODS), (0, 1, 2, 3, 4), 1000, 300, TUNE_REGIME,
                     ("head", "bottom", "u_shaped"), ((25, 50), (100, 50), (0, 50)),
-                    (_TUNED_ONCE,)),
+                    (_TUNED_ONCE,), ((25, 10), (0, 10), (25, 200))),
     # What a 2-core CPU runs of it.
     "cpu": Profile(MLP, ("mnist", "fashion_mnist"), SETTINGS, EXAMPLES, CLIENTS,
                    tuple(METHODS), (0, 1, 2, 3, 4), 300, 150, TUNE_REGIME,
                    ("head", "u_shaped"), ((100, 50), (0, 50)),
                    ("budget 300 client steps of 32 examples, not 1000",
-                    "tuning runs 150 client steps, not 300", _TUNED_ONCE)),
+                    "tuning runs 150 client steps, not 300", _TUNED_ONCE),
+                   # The data axis' two ends, where the tuned-once rates are furthest
+                   # from their regime (400 examples).
+                   ((25, 10), (0, 10))),
     # The CNN slice (server-heavy 'bottom' cut: the client holds the first conv block).
     "cnn": Profile(CNN, ("mnist", "fashion_mnist", "cifar10"), SETTINGS, (25, 100, 400, 0),
                    (10, 50), _CNN_METHODS, (0, 1, 2, 3, 4), 1000, 300, TUNE_REGIME, ("bottom",),
@@ -212,7 +219,7 @@ PROFILES: dict[str, Profile] = {
                         "tuning runs 150 client steps, not 300", _TUNED_ONCE)),
     "test": Profile(MLP, ("synthetic",), ("synthetic",), (20, 0), (3, 4), tuple(METHODS),
                     (0, 1), 20, 10, (0, 3), ("head",), ((0, 3),),
-                    ("embedded synthetic data, tiny budgets: a pipeline check",)),
+                    ("embedded synthetic data, tiny budgets: a pipeline check",), ((20, 3),)),
 }
 
 

@@ -232,6 +232,78 @@ def _tuning(recs: Sequence[dict], figures: pathlib.Path, doc_dir: pathlib.Path) 
   return lines
 
 
+def _rates_text(summary: dict) -> str:
+  """A cell's (server / client) rates, e.g. '0.316 / 1' ('—' for no server rate)."""
+  return "; ".join(f"{'—' if sr is None else f'{sr:.3g}'} / {cr:.3g}"
+                   for sr, cr in summary["rates"])
+
+
+def _tuning_check(recs: Sequence[dict], check: dict) -> list[str]:
+  """The section on tuning once: each method's rates and accuracy tuned once and tuned
+  at the cell, and the verdicts under both."""
+  lines = ["## Tuned once or at the cell?", "",
+           "The map tunes each method once per dataset, at its profile's tuning regime, and "
+           "reuses that point in every cell. At the cells below every method the verdicts "
+           "compare was tuned again at the cell itself (same grids and edge rule, on the "
+           "cell's validation split, seed 0) and trained with the map's seeds; a verdict "
+           "that changes here rests on the tuned-once rates.", ""]
+  if not check["verdicts"]:
+    return lines + ["Not run yet (`python launch/server_map.py --profile=cpu "
+                    "--phases=retune`).", ""]
+  same = [v for v in check["verdicts"].values() if v["same"]]
+  changed = [f"{answer.map_label(k[:3])}, {answer.regime_text(k[5])}, {k[3]} vs {k[4]}: "
+             f"{v['once']['verdict']} -> {v['cell']['verdict']}"
+             for k, v in sorted(check["verdicts"].items(), key=repr) if not v["same"]]
+  lines += [f"**{len(same)} of {len(check['verdicts'])} verdicts are the same with "
+            "cell-tuned rates**" + (": none changed." if not changed else
+                                    "; changed: " + "; ".join(changed) + "."), "",
+            "| map | cell | method | tuned once: server / client rate, accuracy % | tuned at "
+            "the cell: rates, accuracy %, interior | cell-tuned minus tuned-once |",
+            "|---|---|---|---|---|---|"]
+  for k, v in sorted(check["methods"].items(),
+                     key=lambda kv: (kv[0][:5], list(grid.METHODS).index(kv[0][5]))):
+    point = runner.cell_tuned_point(recs, k[0], k[1], k[5], k[3], k[4])
+    interior = "yes" if point is not None and not point["edges"] else "NO"
+    lines.append(f"| {answer.map_label(k[:3])} | {answer.regime_text(k[3:5])} | {k[5]} | "
+                 f"{_rates_text(v['once'])}, "
+                 f"{fmt.interval_with_std(v['once']['accuracy'], 100)} | "
+                 f"{_rates_text(v['cell'])}, "
+                 f"{fmt.interval_with_std(v['cell']['accuracy'], 100)}, {interior} | "
+                 f"{fmt.verdict_text(v['change'], '—')} |")
+  lines += ["", "| map | cell | MTSL row | vs best of local and FedAvg: once -> at the cell | "
+            "vs FedRep: once -> at the cell |", "|---|---|---|---|---|"]
+  rows = sorted({(k[:3], k[5], k[3]) for k in check["verdicts"]}, key=repr)
+  for map_key, regime, mtsl in rows:
+    texts = []
+    for name in analysis.VERSUS:
+      v = check["verdicts"].get((*map_key, mtsl, name, regime))
+      if v is None:
+        texts.append("—")
+        continue
+      texts.append(" -> ".join(f"{c['verdict']} {100 * c['mean']:+.1f}"
+                               + (f" ({c['baseline']})" if len(analysis.VERSUS[name]) > 1
+                                  else "") for c in (v["once"], v["cell"]))
+                   + ("" if v["same"] else " **changed**"))
+    lines.append(f"| {answer.map_label(map_key)} | {answer.regime_text(regime)} | {mtsl} | "
+                 + " | ".join(texts) + " |")
+  return lines + [""]
+
+
+def _tuned_once_threat(check: dict) -> str:
+  """The threat of tuning once, with what the check found."""
+  text = ("- One learning-rate point per method for the whole map, tuned at one regime: a "
+          "method whose best rate moves with the data per client (e.g. local-only with 25 "
+          "examples) is handicapped in the cells far from the tuning regime.")
+  verdicts = check["verdicts"]
+  if not verdicts:
+    return text + " Not checked yet."
+  cells = len({(k[:3], k[5]) for k in verdicts})
+  return (text + f" Checked in {cells} map cell{'s' if cells > 1 else ''} by tuning every "
+          "method there again "
+          f"(section 'Tuned once or at the cell?'): {sum(v['same'] for v in verdicts.values())} "
+          f"of {len(verdicts)} verdicts unchanged.")
+
+
 def _seeds_text(profile: str, counts: dict[int, int]) -> str:
   """A profile's seeds per cell in words, against the full study's and its own target.
 
@@ -265,10 +337,15 @@ def _provenance(recs: Sequence[dict], summ: dict) -> list[str]:
     reductions[r["profile"]].update(dict.fromkeys(
         x for x in r.get("reductions") or [] if not grid.states_seed_count(x)))
   plateaued = sum(1 for s in summ.values() if s["all_plateaued"])
+  check = {phase: len({runner.key(r) for r in recs if r["phase"] == phase})
+           for phase in ("tune_cell", "retuned")}
+  check_text = (f" The tuned-once check: {check['tune_cell']} tuning runs at its cells and "
+                f"{check['retuned']} runs at the points they chose." if any(check.values())
+                else "")
   return ["## What ran", "",
           f"{tuning} tuning runs and {len(runs)} map and ablation runs in {len(summ)} "
           f"cells (each run counted once), of which {plateaued} "
-          "reached a plateau in every seed.", "",
+          f"reached a plateau in every seed.{check_text}", "",
           "Computed on: " + "; ".join(machines) + ".", "",
           "Seeds per cell (counted from the records) and the reductions against the full "
           "study, per profile (every record names its own):",
@@ -331,10 +408,11 @@ def write_report(results: pathlib.Path, document: pathlib.Path) -> None:
   if recs:
     lines += _cuts(summ)
     lines += _tuning(recs, figures, doc_dir)
+  check = analysis.tuning_check(summ, analysis.summaries(recs, retuned=True))
+  if recs:
+    lines += _tuning_check(recs, check)
   lines += ["## Threats to validity", "",
-            "- One learning-rate point per method for the whole map, tuned at one regime: a "
-            "method whose best rate moves with the data per client (e.g. local-only with 25 "
-            "examples) is handicapped in the cells far from the tuning regime.",
+            _tuned_once_threat(check),
             "- The full map's model is an MLP; on an MLP the input layer holds most "
             "parameters, so the cuts with a small client part put the head, not the input "
             "layers, on the client (the 'top' orientation sends raw inputs to the server). "

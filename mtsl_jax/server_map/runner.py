@@ -10,7 +10,12 @@ Phases, each resuming from the records (nothing recorded is trained again):
     the profile's seeds as one vmapped program where they share one
     (`seed_batch.train_seeds`; else one after another);
   * ablations: the profile's MTSL rows with each ablation at its ablation regimes, at
-    the MTSL row's tuned point.
+    the MTSL row's tuned point;
+  * retune: the check of tuning once. At each of the profile's `retune_regimes` (first
+    setting) every method the verdicts compare is tuned again at that cell ('tune_cell'
+    records, same grids and edge rule) and run with the profile's seeds at its own point
+    ('retuned' records), so the document can say which verdicts the tuned-once rates
+    decide.
 
 One JSON line per run in the records (`KEY_FIELDS` identify it); every record says where
 it was computed and under which profile and reductions.
@@ -27,7 +32,9 @@ from mtsl_jax.server_map import grid
 
 KEY_FIELDS = ("phase", "profile", "dataset", "setting", "examples", "clients", "method",
               "server_lr", "client_lr", "seed")
-PHASES = ("tune", "map", "ablations")
+PHASES = ("tune", "map", "ablations", "retune")
+# The methods a verdict compares (centralized is a reference, not a comparison).
+VERDICT_METHODS = tuple(m for m in grid.METHODS if m != "centralized")
 
 
 # Where the map reads and writes: records, scratch workdirs, TFDS data_dir.
@@ -44,30 +51,47 @@ def tuned_point(recs: Sequence[dict], profile: str, dataset: str, method: str) -
   return v2_records.tuned_point(recs, profile, dataset, method, KEY_FIELDS)
 
 
+def cell_tuned_point(recs: Sequence[dict], profile: str, dataset: str, method: str,
+                     examples: int, clients: int) -> dict | None:
+  """A method's point tuned at one cell ('tune_cell' records), or None while untuned."""
+  mine = v2_records.select(recs, KEY_FIELDS, phase="tune_cell", profile=profile,
+                           dataset=dataset, method=method, examples=examples,
+                           clients=clients)
+  if not mine:
+    return None
+  servers = sorted({r["server_lr"] for r in mine if r["server_lr"] is not None})
+  chosen = v2_records.choose_point(mine, servers or None,
+                                   sorted({r["client_lr"] for r in mine}))
+  return None if chosen["client_lr"] is None else chosen
+
+
 # ---- tuning ------------------------------------------------------------------------------
 
 
 def tune_method(paths: Paths, profile_name: str, dataset: str, method: str, *,
-                verbose: bool = True) -> dict:
-  """Tunes one method on one dataset at the profile's tuning regime; its chosen point.
+                regime: tuple[int, int] | None = None, verbose: bool = True) -> dict:
+  """Tunes one method on one dataset at one regime; its chosen point.
 
   Args:
     paths: where records and workdirs go.
     profile_name: a key of grid.PROFILES.
     dataset, method: keys of grid.DATASETS and grid.METHODS.
+    regime: (examples, clients) of a cell tuned for the tuned-once check ('tune_cell'
+      records); None: the profile's tuning regime ('tune' records, the map's points).
     verbose: print one line per round.
 
   Returns:
-    `v2_records.choose_point` of the method's tuning records.
+    `v2_records.choose_point` of the method's tuning records at that regime.
   """
   profile = grid.PROFILES[profile_name]
   setting = profile.settings[0]
-  examples, clients = profile.tune_regime
+  phase = "tune" if regime is None else "tune_cell"
+  examples, clients = regime or profile.tune_regime
   start_axes = v2_grid.axes_of_kind(grid.METHODS[method].axes)
   server_axis, client_axis = (list(a) for a in start_axes)
   local = grid.METHODS[method].axes == "local"
   out = records.ResultsFile(paths.results)
-  base = dict(phase="tune", profile=profile_name, dataset=dataset, setting=setting,
+  base = dict(phase=phase, profile=profile_name, dataset=dataset, setting=setting,
               examples=examples, clients=clients, method=method, seed=0)
   for round_ in range(4 * v2_grid.MAX_EXTENSIONS + 1):
     points = [(None if local else v2_grid.lr_value(s), v2_grid.lr_value(c))
@@ -76,15 +100,16 @@ def tune_method(paths: Paths, profile_name: str, dataset: str, method: str, *,
     todo = [p for p in points if key(dict(base, server_lr=p[0], client_lr=p[1])) not in done]
     if todo:
       _train_tuning_points(paths, out, base, todo, profile, round_, verbose)
-    mine = v2_records.select(out.load(), KEY_FIELDS, phase="tune", profile=profile_name,
-                             dataset=dataset, method=method)
+    mine = v2_records.select(out.load(), KEY_FIELDS, phase=phase, profile=profile_name,
+                             dataset=dataset, method=method, examples=examples,
+                             clients=clients)
     chosen = v2_records.choose_point(
         mine, server_axis=None if local else [v2_grid.lr_value(s) for s in server_axis],
         client_axis=[v2_grid.lr_value(c) for c in client_axis])
     if not v2_runner.extend_axes(chosen, server_axis, client_axis, start_axes, local):
       return chosen
     if verbose:
-      print(f"[tune] {dataset} {method}: best point on an edge ({chosen['edges']}); "
+      print(f"[{phase}] {dataset} {method}: best point on an edge ({chosen['edges']}); "
             "axis extended", flush=True)
   return chosen
 
@@ -100,14 +125,16 @@ def _train_tuning_points(paths, out, base, todo, profile, round_, verbose):
                             examples=base["examples"], clients=base["clients"], tune=True,
                             client_steps=profile.tune_client_steps, evals=grid.TUNE_EVALS,
                             model=profile.model, tfds_data_dir=paths.tfds_data_dir)
-  workdir = paths.scratch / base["profile"] / "tune" / dataset / method / f"round={round_}"
+  workdir = (paths.scratch / base["profile"] / base["phase"] / dataset /
+             f"examples={base['examples']},clients={base['clients']}" / method /
+             f"round={round_}")
   start = time.perf_counter()
   new = v2_runner.train_tuning_grid(config, todo, server, workdir,
                                     dict(base, tuning_round=round_),
                                     grid.client_steps_per_step(method), profile.reductions)
   out.append(new)
   if verbose:
-    print(f"[tune] {dataset} {method} round {round_}: {len(todo)} points "
+    print(f"[{base['phase']}] {dataset} {method} round {round_}: {len(todo)} points "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 
@@ -136,7 +163,7 @@ def run_cell(paths: Paths, profile_name: str, phase: str, dataset: str, setting:
   Args:
     paths: where records and workdirs go.
     profile_name: a key of grid.PROFILES.
-    phase: 'map' or 'ablations'.
+    phase: 'map', 'ablations' or 'retuned'.
     dataset, setting, examples, clients, method: the cell.
     point: the tuned point ({'server_lr', 'client_lr'}).
     counts_cache: federations' train counts by (data section, seed), shared across cells.
@@ -217,8 +244,9 @@ def run_profile(paths: Paths, profile_name: str, phases: Sequence[str] = PHASES,
         tune_method(paths, profile_name, dataset, method, verbose=verbose)
     recs = records.ResultsFile(paths.results).load()
     points = {m: tuned_point(recs, profile_name, dataset, m) for m in methods}
-    for m in [m for m, p in points.items() if p is None]:
-      print(f"[map] {dataset} {m}: not tuned yet; skipped", flush=True)
+    if {"map", "ablations"} & set(phases):
+      for m in [m for m, p in points.items() if p is None]:
+        print(f"[map] {dataset} {m}: not tuned yet; skipped", flush=True)
     for setting in settings or profile.settings:
       if "map" in phases:
         for examples, clients in grid.regimes(profile, dataset):
@@ -235,3 +263,34 @@ def run_profile(paths: Paths, profile_name: str, phases: Sequence[str] = PHASES,
               run_cell(paths, profile_name, "ablations", dataset, setting, examples,
                        clients, f"{mtsl}{grid.ABLATION_SEPARATOR}{ablation}",
                        points[mtsl], counts_cache=cache, verbose=verbose)
+    if "retune" in phases:
+      retune_cells(paths, profile_name, dataset,
+                   [m for m in methods if m in VERDICT_METHODS], cache, verbose)
+
+
+def retune_cells(paths: Paths, profile_name: str, dataset: str, methods: Sequence[str],
+                 cache: dict, verbose: bool) -> None:
+  """The tuned-once check on one dataset: each method tuned at each of the profile's
+  `retune_regimes` (first setting), then run there with the profile's seeds.
+
+  Args:
+    paths: where records and workdirs go.
+    profile_name: a key of grid.PROFILES.
+    dataset: a key of grid.DATASETS.
+    methods: the methods to tune again (those the verdicts compare).
+    cache: federations' train counts, shared with the map's cells.
+    verbose: print progress lines.
+  """
+  profile = grid.PROFILES[profile_name]
+  for examples, clients in profile.retune_regimes:
+    if not grid.runs_in(dataset, examples, clients):
+      continue
+    for method in methods:
+      point = tune_method(paths, profile_name, dataset, method,
+                          regime=(examples, clients), verbose=verbose)
+      if point["client_lr"] is None:
+        print(f"[retuned] {dataset} {method}: every point diverged at the cell; skipped",
+              flush=True)
+        continue
+      run_cell(paths, profile_name, "retuned", dataset, profile.settings[0], examples,
+               clients, method, point, counts_cache=cache, verbose=verbose)
