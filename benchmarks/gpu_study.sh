@@ -28,7 +28,7 @@ study=${STUDY:-compare_v2}
 case "$study" in
   compare_v2) records=results/v2/runs.jsonl; phases=tune,main; defaults="gpu"
               needs=cifar10 ;;
-  server_map) records=results/server_map/runs.jsonl.gz; phases=tune,map,ablations
+  server_map) records=results/server_map/runs.jsonl.gz; phases=tune,map,ablations,retune
               defaults="cnn full"; needs=fashion_mnist ;;
   privacy) records=results/privacy/runs.jsonl; phases=run
            defaults="cpu cpu_fashion_mnist"; needs=fashion_mnist ;;

@@ -190,6 +190,9 @@ def test_the_tuned_once_check_pairs_each_cell_with_its_cell_tuned_runs(tmp_path)
           "dirichlet_0.3 (cpu), 25 examples x 10 clients, mtsl_head vs best of local and "
           "FedAvg: holds -> not significant.") in text
   assert "Checked in 1 map cell by tuning every method there again" in text
+  assert ("test accuracy rose significantly in 1 of 4 cases, fell in 0 and did not change "
+          "significantly in 3") in text
+  assert "(validation examples over all clients, 25 examples x 10 clients: about 25)" in text
   assert "4 tuning runs at its cells and 12 runs at the points they chose" in text
 
 
