@@ -157,7 +157,8 @@ def short_answer(diffs: dict) -> list[str]:
       if wins <= _CHANCE_WINS * len(cells):
         phrase = "does not help"
         if wins:
-          phrase += (f" (its {wins} win{'s' if wins > 1 else ''} in {len(cells)} cells is "
+          phrase += (f" (its {wins} win{'s' if wins > 1 else ''} in {len(cells)} cells "
+                     f"{'are' if wins > 1 else 'is'} "
                      "no more than chance gives: with no difference, a two-sided 5% test "
                      "calls 2.5% of cells a win)")
       else:

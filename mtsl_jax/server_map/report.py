@@ -257,9 +257,9 @@ def _tuning_check(recs: Sequence[dict], check: dict) -> list[str]:
              for k, v in sorted(check["verdicts"].items(), key=repr) if not v["same"]]
   moved = collections.Counter(v["change"]["verdict"] for v in check["methods"].values())
   held = sorted({(k[:3], k[3:5]) for k in check["methods"]}, key=repr)
-  validation = "; ".join(
+  validation = "; ".join(dict.fromkeys(  # one entry per distinct text (maps share cells)
       f"{answer.regime_text(regime)}: about {_validation_size(check, key, regime)}"
-      for key, regime in held)
+      for key, regime in held))
   lines += [f"**{len(same)} of {len(check['verdicts'])} verdicts are the same with "
             "cell-tuned rates**" + (": none changed." if not changed else
                                     "; changed: " + "; ".join(changed) + "."), "",
