@@ -305,7 +305,7 @@ LAUNCHES = [
     (["launch/privacy.py", "--profile=gpu", "--results", "{tmp}/runs.jsonl"],
      "error: --profile: must be one of ['cpu', 'cpu_fashion_mnist', 'test'], got 'gpu'"),
     (["launch/server_map.py", "--phases=tune,plot", "--results", "{tmp}/runs.jsonl"],
-     "error: --phases: unknown ['plot']; allowed: tune, map, ablations, report"),
+     "error: --phases: unknown ['plot']; allowed: tune, map, ablations, retune, report"),
 ]
 
 
