@@ -98,10 +98,15 @@ def choose_point(recs: Sequence[dict], server_axis: Sequence[float] | None,
 
 
 def tuned_point(recs: Iterable[dict], profile: str, dataset: str, method: str,
-                key_fields: Sequence[str] = KEY_FIELDS) -> dict | None:
-  """The chosen point of a method's whole recorded tuning grid, or None if untuned."""
-  mine = select(recs, key_fields, phase="tune", profile=profile, dataset=dataset,
-                method=method)
+                key_fields: Sequence[str] = KEY_FIELDS, *, phase: str = "tune",
+                **fields) -> dict | None:
+  """The chosen point of a method's whole recorded tuning grid, or None if untuned.
+
+  `phase` and `fields` narrow the tuning records further (e.g. the server map's
+  'tune_cell' records of one examples x clients cell).
+  """
+  mine = select(recs, key_fields, phase=phase, profile=profile, dataset=dataset,
+                method=method, **fields)
   if not mine:
     return None
   servers = sorted({r["server_lr"] for r in mine if r["server_lr"] is not None})

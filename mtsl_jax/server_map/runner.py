@@ -54,15 +54,8 @@ def tuned_point(recs: Sequence[dict], profile: str, dataset: str, method: str) -
 def cell_tuned_point(recs: Sequence[dict], profile: str, dataset: str, method: str,
                      examples: int, clients: int) -> dict | None:
   """A method's point tuned at one cell ('tune_cell' records), or None while untuned."""
-  mine = v2_records.select(recs, KEY_FIELDS, phase="tune_cell", profile=profile,
-                           dataset=dataset, method=method, examples=examples,
-                           clients=clients)
-  if not mine:
-    return None
-  servers = sorted({r["server_lr"] for r in mine if r["server_lr"] is not None})
-  chosen = v2_records.choose_point(mine, servers or None,
-                                   sorted({r["client_lr"] for r in mine}))
-  return None if chosen["client_lr"] is None else chosen
+  return v2_records.tuned_point(recs, profile, dataset, method, KEY_FIELDS,
+                                phase="tune_cell", examples=examples, clients=clients)
 
 
 # ---- tuning ------------------------------------------------------------------------------
