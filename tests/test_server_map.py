@@ -80,6 +80,8 @@ def test_the_cuts_span_one_to_nearly_ninety_percent_of_the_parameters():
   cnn = analysis.cut_table("cnn", "mnist")["bottom"]
   assert cnn.client_param_share == pytest.approx(416 / 215370)
   assert analysis.model_text("cnn", "mnist") == "CNN conv5x5 16 + conv5x5 32, dense 128, head"
+  # Only the cuts a profile runs: the CNN slice has no 'top2' row.
+  assert set(analysis.cut_table("cpu_cnn", "mnist")) == {"head", "bottom", "u_shaped"}
 
 
 # ---- the analysis on hand-made records ---------------------------------------------------
@@ -390,7 +392,8 @@ def test_in_short_pools_each_cuts_cells_over_the_maps_of_a_profile():
 def test_the_short_answer_says_which_cuts_help_and_discounts_chance_wins():
   """mtsl_head wins 3 of 4 cells (one budget-bound) and loses 1 to FedAvg: 'helps in most
   cells'. mtsl_u_shaped wins 1 of 20 cells, which a 5% test gives by chance: 'does not
-  help', with the reason. mtsl_top2 wins 2 of 20: 'helps in some cells'."""
+  help', with the reason. mtsl_top2 wins 2 of 20: 'helps in some cells'; so does
+  mtsl_bottom's 1 of 2, since exactly half is not most."""
   best = "best of local and FedAvg"
 
   def claims(verdicts, baseline="local"):
@@ -404,7 +407,9 @@ def test_the_short_answer_says_which_cuts_help_and_discounts_chance_wins():
            ("cpu", "mnist", "dirichlet_0.3", "mtsl_u_shaped", best):
                claims(["not significant"] * 19 + ["holds"]),
            ("cpu", "mnist", "dirichlet_0.3", "mtsl_top2", best):
-               claims(["not significant"] * 18 + ["holds"] * 2)}
+               claims(["not significant"] * 18 + ["holds"] * 2),
+           ("cpu", "mnist", "dirichlet_0.3", "mtsl_bottom", best):
+               claims(["holds", "not significant"])}
   text = "\n".join(answer.short_answer(diffs))
   assert ("1.1% of the parameters on the client: **helps in most cells**. It wins 3 of 4 "
           "cells (1 of the wins budget-bound; by heterogeneity dirichlet_0.3 3 of 3, "
@@ -413,6 +418,7 @@ def test_the_short_answer_says_which_cuts_help_and_discounts_chance_wins():
           "difference, a two-sided 5% test calls 2.5% of cells a win)**. It wins 1 of 20 "
           "cells") in text
   assert "**helps in some cells**. It wins 2 of 20 cells" in text
+  assert "**helps in some cells**. It wins 1 of 2 cells" in text
   assert "ties 18; it loses none." in text
 
 

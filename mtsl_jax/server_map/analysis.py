@@ -244,14 +244,15 @@ def model_config(profile: str, dataset: str) -> ml_collections.ConfigDict | None
 
 
 def cut_table(profile: str, dataset: str) -> dict[str, cut_costs.SideCosts]:
-  """Each cut's division of the model a profile trains on a dataset.
+  """Each cut's division of the model a profile trains on a dataset, for the cuts it runs.
 
   Args:
     profile: a key of grid.PROFILES (another name gives an empty table).
     dataset: a key of grid.DATASETS.
 
   Returns:
-    Cut name -> `cut_costs.SideCosts` of one client and the server.
+    Cut name -> `cut_costs.SideCosts` of one client and the server, for every cut whose
+    MTSL row is among the profile's methods.
   """
   model = model_config(profile, dataset)
   if model is None:
@@ -263,7 +264,8 @@ def cut_table(profile: str, dataset: str) -> dict[str, cut_costs.SideCosts]:
   costs = cut_costs.block_costs(model, shape, classes)
   return {name: cut_costs.side_costs(costs, cut.overrides["split.client_bottom_blocks"],
                                      cut.overrides["split.client_top_blocks"])
-          for name, cut in grid.CUTS.items()}
+          for name, cut in grid.CUTS.items()
+          if f"mtsl_{name}" in grid.PROFILES[profile].methods}
 
 
 def model_text(profile: str, dataset: str) -> str:

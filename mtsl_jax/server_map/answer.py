@@ -135,8 +135,8 @@ def short_answer(diffs: dict) -> list[str]:
   """The answer in words, per profile: which cuts help, tie or lose, and against what.
 
   A cut 'does not help' when it wins no more than 5% of its cells (what chance gives at
-  the tests' level, said when not zero), 'helps in most cells' when it wins at least
-  half, 'helps in some cells' in between (wins against the better of local-only and
+  the tests' level, said when not zero), 'helps in most cells' when it wins more
+  than half, 'helps in some cells' in between (wins against the better of local-only and
   FedAvg); its losses are said with the baseline that beat it.
 
   Args:
@@ -162,7 +162,7 @@ def short_answer(diffs: dict) -> list[str]:
                      "no more than chance gives: with no difference, a two-sided 5% test "
                      "calls 2.5% of cells a win)")
       else:
-        phrase = "helps in most cells" if 2 * wins >= len(cells) else "helps in some cells"
+        phrase = "helps in most cells" if 2 * wins > len(cells) else "helps in some cells"
       by_setting = ", ".join(
           f"{setting} {sum(c['verdict'] == 'holds' for k, c in cells.items() if k[1] == setting)}"
           f" of {sum(k[1] == setting for k in cells)}"
